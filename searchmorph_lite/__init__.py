@@ -1,0 +1,59 @@
+"""searchmorph_lite: SearchMorph (multi-scale correlation iterative registration) as a small PyTorch library."""
+
+from .baselines import VoxelMorph, VoxelMorphConfig
+from .checkpoint import build_model, default_device, load_checkpoint, read_checkpoint, save_checkpoint
+from .correlation import (
+    bilinear_sample,
+    correlation_pyramid,
+    cost_volume,
+    diamond_offsets,
+    search_features,
+    search_pyramid,
+)
+from .encoders import ContextEncoder, FeatureEncoder, UNetTrunk
+from .inference import normalize_intensity, register
+from .iterator import ConvGRU, DeformationFieldIterator
+from .losses import grad_l2_loss, lncc_loss, local_ncc, mse_loss, registration_loss
+from .metrics import dice, folding_ratio, jacobian_determinant
+from .model import RegistrationResult, SearchMorph, SearchMorphConfig
+from .transform import SpatialTransformer, identity_grid, upsample_flow, warp
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ContextEncoder",
+    "ConvGRU",
+    "DeformationFieldIterator",
+    "FeatureEncoder",
+    "RegistrationResult",
+    "SearchMorph",
+    "SearchMorphConfig",
+    "SpatialTransformer",
+    "UNetTrunk",
+    "VoxelMorph",
+    "VoxelMorphConfig",
+    "bilinear_sample",
+    "build_model",
+    "correlation_pyramid",
+    "cost_volume",
+    "default_device",
+    "dice",
+    "diamond_offsets",
+    "folding_ratio",
+    "grad_l2_loss",
+    "identity_grid",
+    "jacobian_determinant",
+    "lncc_loss",
+    "load_checkpoint",
+    "local_ncc",
+    "mse_loss",
+    "normalize_intensity",
+    "read_checkpoint",
+    "register",
+    "registration_loss",
+    "save_checkpoint",
+    "search_features",
+    "search_pyramid",
+    "upsample_flow",
+    "warp",
+]

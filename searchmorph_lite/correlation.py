@@ -1,0 +1,221 @@
+"""The correlation layer (eq. 1-2), the 4-level correlation pyramid and the diamond search module (eq. 3).
+
+Two ways to compute the search map, equal to float precision:
+
+* the paper's (``cost_volume`` -> ``correlation_pyramid`` -> ``search_pyramid``): builds the all-pairs
+  (B, H, W, H, W) volume, clear but O((HW)^2) in memory;
+* ``search_features``: never builds it. Average pooling over the fixed axes and bilinear sampling are linear,
+  so each pyramid value is <f_moving(p), bilinear sample of avg-pooled f_fixed>: O(HW * K * D) memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import check_flow, check_image, check_same_spatial
+
+
+def cost_volume(f_moving: torch.Tensor, f_fixed: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    """All-pairs correlation (B, *S, *S) of two feature maps (B, D, *S): C_ijkl = sum_d h(M)_ijd h(F)_kld (eq. 1).
+
+    ``normalize=True`` divides by sqrt(D), as RAFT does, so that values do not grow with the feature width.
+    The paper does not scale; we expose the choice and SearchMorph's config decides.
+    """
+    check_image(f_moving, "f_moving")
+    check_image(f_fixed, "f_fixed")
+    check_same_spatial(f_moving, f_fixed, "f_moving", "f_fixed")
+    if f_moving.shape[1] != f_fixed.shape[1]:
+        raise ValueError(f"channel counts differ: {f_moving.shape[1]} vs {f_fixed.shape[1]}")
+    b, d = f_moving.shape[:2]
+    spatial = f_moving.shape[2:]
+    vol = torch.einsum("bdm,bdn->bmn", f_moving.flatten(2), f_fixed.flatten(2))
+    if normalize:
+        vol = vol / math.sqrt(d)
+    return vol.reshape(b, *spatial, *spatial)
+
+
+def _pool(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Average of x (N, C, *S) over non-overlapping factor**ndim blocks, trailing remainders dropped."""
+    if factor == 1:
+        return x
+    pool = F.avg_pool2d if x.ndim == 4 else F.avg_pool3d
+    return pool(x, kernel_size=factor, stride=factor)
+
+
+def correlation_pyramid(volume: torch.Tensor, levels: int = 4) -> list[torch.Tensor]:
+    """List of ``levels`` volumes (B, *S, *S / 2^l): level l averages the fixed axes over 2^l-wide blocks.
+
+    Level 0 is the volume itself. Sizes that do not divide drop the trailing remainder (floor), as pooling does.
+    """
+    if not isinstance(volume, torch.Tensor) or volume.ndim not in (5, 7):
+        shape = tuple(volume.shape) if isinstance(volume, torch.Tensor) else type(volume).__name__
+        raise ValueError(f"volume must have shape (B, H, W, H, W) or (B, D, H, W, D, H, W), got {shape}")
+    ndim = (volume.ndim - 1) // 2
+    if volume.shape[1 : 1 + ndim] != volume.shape[1 + ndim :]:
+        raise ValueError(f"volume's moving and fixed axes differ: {tuple(volume.shape)}")
+    if levels < 1:
+        raise ValueError(f"levels must be >= 1, got {levels}")
+    spatial = volume.shape[1 + ndim :]
+    if min(spatial) < 2 ** (levels - 1):
+        raise ValueError(f"{levels} levels need fixed axes of at least {2 ** (levels - 1)}, got {tuple(spatial)}")
+    b = volume.shape[0]
+    moving = volume.shape[1 : 1 + ndim]
+    flat = volume.reshape(b * math.prod(moving), 1, *spatial)
+    pyramid = []
+    for level in range(levels):
+        pooled = _pool(flat, 2**level)
+        pyramid.append(pooled.reshape(b, *moving, *pooled.shape[2:]))
+    return pyramid
+
+
+@lru_cache(maxsize=32)
+def _diamond_offsets(radius: int, ndim: int) -> tuple[tuple[int, ...], ...]:
+    rng = range(-radius, radius + 1)
+    return tuple(o for o in itertools.product(rng, repeat=ndim) if sum(abs(v) for v in o) <= radius)
+
+
+def diamond_offsets(radius: int, ndim: int = 2) -> torch.Tensor:
+    """Integer offsets (K, ndim) with L1 norm <= radius (eq. 3), K = 2r^2 + 2r + 1 in 2D.
+
+    Column k is the offset along spatial axis k (rows first), in lexicographic order; ndim=3 gives the octahedron.
+    """
+    if int(radius) != radius or radius < 0:
+        raise ValueError(f"radius must be a non-negative integer, got {radius!r}")
+    if ndim not in (1, 2, 3):
+        raise ValueError(f"ndim must be 1, 2 or 3, got {ndim}")
+    return torch.tensor(_diamond_offsets(int(radius), ndim), dtype=torch.long)
+
+
+def bilinear_sample(values: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Samples (N, C, P) of ``values`` (N, C, *S) at pixel coordinates ``coords`` (N, P, ndim), zero outside.
+
+    Linear interpolation between the 2^ndim neighbouring pixels; a neighbour outside the grid contributes 0
+    (the same as ``grid_sample(..., padding_mode="zeros", align_corners=True)``, but exact for grids of size 1).
+    """
+    n, c = values.shape[:2]
+    spatial = values.shape[2:]
+    ndim = len(spatial)
+    if coords.shape[0] != n or coords.shape[-1] != ndim:
+        raise ValueError(f"coords must be (N={n}, P, {ndim}), got {tuple(coords.shape)}")
+    flat = values.reshape(n, c, -1)
+    base = torch.floor(coords)
+    frac = coords - base
+    base = base.long()
+    out = values.new_zeros(n, c, coords.shape[1])
+    strides = [math.prod(spatial[k + 1 :]) for k in range(ndim)]
+    for corner in itertools.product((0, 1), repeat=ndim):
+        weight = torch.ones_like(coords[..., 0])
+        index = torch.zeros_like(base[..., 0])
+        valid = torch.ones_like(base[..., 0], dtype=torch.bool)
+        for k, step in enumerate(corner):
+            pos = base[..., k] + step
+            weight = weight * (frac[..., k] if step else 1 - frac[..., k])
+            valid &= (pos >= 0) & (pos < spatial[k])
+            index = index + pos.clamp(0, spatial[k] - 1) * strides[k]
+        gathered = torch.gather(flat, 2, index.unsqueeze(1).expand(n, c, -1))
+        out = out + gathered * (weight * valid).unsqueeze(1)
+    return out
+
+
+def sample_points(values: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Samples (N, C, P) of ``values`` (N, C, *S) at pixel ``coords`` (N, P, ndim), bilinear, zero outside.
+
+    Uses ``grid_sample`` (fast, fused) when every axis has at least 2 pixels, else :func:`bilinear_sample`;
+    both compute the same thing.
+    """
+    spatial = values.shape[2:]
+    if min(spatial) < 2:
+        return bilinear_sample(values, coords)
+    n, c = values.shape[:2]
+    ndim = len(spatial)
+    scale = torch.tensor([2.0 / (s - 1) for s in spatial], dtype=coords.dtype, device=coords.device)
+    grid = (coords * scale - 1).flip(-1)  # grid_sample wants (x, y[, z]) in [-1, 1]
+    grid = grid.reshape(n, coords.shape[1], *([1] * (ndim - 1)), ndim)
+    out = F.grid_sample(values, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out.reshape(n, c, coords.shape[1])
+
+
+def _search_positions(flow: torch.Tensor, radius: int, level: int) -> torch.Tensor:
+    """Positions (B, K, *S, ndim) on level ``level``: (p + flow(p)) / 2^level + each diamond offset."""
+    ndim = flow.ndim - 2
+    from .transform import identity_grid
+
+    grid = identity_grid(tuple(flow.shape[2:]), device=flow.device, dtype=flow.dtype)
+    centre = ((grid + flow) / 2**level).movedim(1, -1)  # (B, *S, ndim)
+    offsets = diamond_offsets(radius, ndim).to(device=flow.device, dtype=flow.dtype)
+    view = (1, offsets.shape[0]) + (1,) * ndim + (ndim,)
+    return centre.unsqueeze(1) + offsets.reshape(view)
+
+
+def search_pyramid(pyramid: list[torch.Tensor], flow: torch.Tensor, radius: int) -> torch.Tensor:
+    """Search map (B, L*K, *S): pyramid values around each warped pixel (eq. 3), level-major.
+
+    For moving-grid pixel p and level l, level l of p's correlation map is sampled bilinearly at
+    (p + flow(p)) / 2^l + d for every diamond offset d (``diamond_offsets`` order), zero outside the map.
+    """
+    if not isinstance(pyramid, (list, tuple)) or len(pyramid) == 0:
+        raise ValueError("pyramid must be a non-empty list of correlation volumes")
+    check_flow(flow)
+    ndim = flow.ndim - 2
+    b = flow.shape[0]
+    spatial = tuple(flow.shape[2:])
+    for level, vol in enumerate(pyramid):
+        if vol.ndim != 1 + 2 * ndim or vol.shape[0] != b or tuple(vol.shape[1 : 1 + ndim]) != spatial:
+            raise ValueError(
+                f"pyramid level {level} has shape {tuple(vol.shape)}, expected (B={b}, {spatial}, ...) "
+                f"to match flow {tuple(flow.shape)}"
+            )
+    maps = []
+    npix = math.prod(spatial)
+    for level, vol in enumerate(pyramid):
+        pos = _search_positions(flow, radius, level)  # (B, K, *S, ndim)
+        k = pos.shape[1]
+        # one correlation map per moving pixel: N = B * npix maps, each sampled at its K positions
+        coords = pos.movedim(1, 1 + ndim).reshape(b * npix, k, ndim)
+        values = vol.reshape(b * npix, 1, *vol.shape[1 + ndim :])
+        sampled = sample_points(values, coords.to(vol.dtype)).reshape(b, *spatial, k)
+        maps.append(sampled.movedim(-1, 1))
+    return torch.cat(maps, dim=1)
+
+
+def search_features(
+    f_moving: torch.Tensor,
+    f_fixed: torch.Tensor,
+    flow: torch.Tensor,
+    radius: int,
+    levels: int = 4,
+    normalize: bool = False,
+) -> torch.Tensor:
+    """Search map (B, levels*K, *S) equal to ``search_pyramid(correlation_pyramid(cost_volume(...)))``.
+
+    Never builds the all-pairs volume: level l's value at (p, q) is <f_moving(p), avgpool_{2^l}(f_fixed)(q)>,
+    and bilinear sampling at q commutes with the inner product, so we sample the pooled fixed features.
+    """
+    check_image(f_moving, "f_moving")
+    check_image(f_fixed, "f_fixed")
+    check_same_spatial(f_moving, f_fixed, "f_moving", "f_fixed")
+    check_flow(flow)
+    check_same_spatial(f_moving, flow, "f_moving", "flow")
+    if levels < 1:
+        raise ValueError(f"levels must be >= 1, got {levels}")
+    if min(f_fixed.shape[2:]) < 2 ** (levels - 1):
+        raise ValueError(f"{levels} levels need feature maps of at least {2 ** (levels - 1)} pixels per axis")
+    b, d = f_moving.shape[:2]
+    ndim = flow.ndim - 2
+    spatial = tuple(flow.shape[2:])
+    npix = math.prod(spatial)
+    scale = 1 / math.sqrt(d) if normalize else 1.0
+    maps = []
+    for level in range(levels):
+        pooled = _pool(f_fixed, 2**level)
+        pos = _search_positions(flow, radius, level)  # (B, K, *S, ndim)
+        k = pos.shape[1]
+        sampled = sample_points(pooled, pos.reshape(b, k * npix, ndim).to(pooled.dtype))
+        sampled = sampled.reshape(b, d, k, *spatial)
+        maps.append(torch.einsum("bdk...,bd...->bk...", sampled, f_moving) * scale)
+    return torch.cat(maps, dim=1)

@@ -1,0 +1,82 @@
+"""The training loss (eq. 9): a similarity term (MSE or LNCC) plus alpha times an L2 gradient penalty on the field."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import check_flow, check_image, check_same_spatial
+
+
+def mse_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Scalar mean squared error between two images (B, C, *spatial)."""
+    check_image(a, "a")
+    check_image(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: a is {tuple(a.shape)}, b is {tuple(b.shape)}")
+    return torch.mean((a - b) ** 2)
+
+
+def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 9, eps: float = 1e-5) -> torch.Tensor:
+    """Squared local normalized cross-correlation map (B, C, *spatial) over ``window``-wide boxes.
+
+    For the box Omega(p) of n = window**ndim pixels around p (zero padding at the borders, as VoxelMorph):
+    cc(p) = cross^2 / (var_a * var_b + eps) with cross = sum (a - mean_a)(b - mean_b) and
+    var = sum (x - mean_x)^2 over Omega(p). A constant box gives 0, not NaN, thanks to ``eps``.
+    """
+    check_image(a, "a")
+    check_image(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: a is {tuple(a.shape)}, b is {tuple(b.shape)}")
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be a positive odd integer, got {window}")
+    ndim = a.ndim - 2
+    channels = a.shape[1]
+    conv = F.conv2d if ndim == 2 else F.conv3d
+    kernel = torch.ones((channels, 1) + (window,) * ndim, dtype=a.dtype, device=a.device)
+
+    def box_sum(x: torch.Tensor) -> torch.Tensor:
+        return conv(x, kernel, padding=window // 2, groups=channels)
+
+    n = float(window**ndim)
+    sa, sb = box_sum(a), box_sum(b)
+    saa, sbb, sab = box_sum(a * a), box_sum(b * b), box_sum(a * b)
+    cross = sab - sa * sb / n
+    var_a = (saa - sa * sa / n).clamp_min(0)
+    var_b = (sbb - sb * sb / n).clamp_min(0)
+    return cross * cross / (var_a * var_b + eps)
+
+
+def lncc_loss(a: torch.Tensor, b: torch.Tensor, window: int = 9, eps: float = 1e-5) -> torch.Tensor:
+    """Scalar negative mean local NCC (in [-1, 0]) between two images (B, C, *spatial); see :func:`local_ncc`."""
+    return -local_ncc(a, b, window=window, eps=eps).mean()
+
+
+def grad_l2_loss(flow: torch.Tensor) -> torch.Tensor:
+    """Scalar L2 smoothness penalty of a field (B, ndim, *spatial): mean squared forward difference per axis.
+
+    Averaged over the spatial axes, as VoxelMorph's ``Grad('l2')``: sum_k mean((d u / d x_k)^2) / ndim.
+    """
+    check_flow(flow)
+    ndim = flow.ndim - 2
+    total = flow.new_zeros(())
+    for axis in range(2, 2 + ndim):
+        diff = torch.diff(flow, dim=axis)
+        total = total + (diff * diff).mean()
+    return total / ndim
+
+
+def similarity_loss(name: str):
+    """The similarity function named ``name`` ("mse" or "lncc") as a callable (a, b) -> scalar."""
+    losses = {"mse": mse_loss, "lncc": lncc_loss}
+    if name not in losses:
+        raise ValueError(f"unknown similarity {name!r}; choose one of {sorted(losses)}")
+    return losses[name]
+
+
+def registration_loss(
+    warped: torch.Tensor, fixed: torch.Tensor, flow: torch.Tensor, similarity: str = "lncc", alpha: float = 2.0
+) -> torch.Tensor:
+    """Scalar eq. 9: L_sim(warped, fixed) + alpha * L_reg(flow)."""
+    check_same_spatial(warped, flow, "warped", "flow")
+    return similarity_loss(similarity)(warped, fixed) + alpha * grad_l2_loss(flow)

@@ -1,0 +1,76 @@
+"""The spatial transformer (eq. 8): warp an image with a dense displacement field, and resize fields.
+
+Convention (VoxelMorph's): a field ``flow`` has shape (B, ndim, *spatial) in pixels; channel k is the
+displacement along spatial axis k (channel 0 = rows/H, channel 1 = columns/W). ``warp(moving, flow)`` at pixel
+p samples ``moving`` at p + flow(p), so the field lives on the fixed image's grid.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import check_flow, check_image, check_same_spatial
+
+
+def identity_grid(shape: tuple[int, ...], device=None, dtype=torch.float32) -> torch.Tensor:
+    """Pixel coordinates (ndim, *shape): channel k holds the index along spatial axis k."""
+    axes = [torch.arange(n, device=device, dtype=dtype) for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"))
+
+
+def warp(
+    image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros"
+) -> torch.Tensor:
+    """Warped image (B, C, *spatial): ``image`` sampled at p + flow(p) for every pixel p (eq. 8).
+
+    Bilinear (trilinear in 3D) interpolation, or nearest for label maps. Positions outside the image read
+    ``padding_mode`` ("zeros", "border" or "reflection", as in ``torch.nn.functional.grid_sample``).
+    """
+    check_image(image, "image")
+    check_flow(flow)
+    check_same_spatial(image, flow, "image", "flow")
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+    shape = image.shape[2:]
+    coords = identity_grid(tuple(shape), device=flow.device, dtype=flow.dtype) + flow
+    # grid_sample wants coordinates in [-1, 1] with the last axis first (x, y[, z]).
+    for k, n in enumerate(shape):
+        coords[:, k] = 2.0 * coords[:, k] / max(n - 1, 1) - 1.0
+    grid = coords.movedim(1, -1).flip(-1)
+    out = F.grid_sample(
+        image.to(flow.dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=True
+    )
+    return out.to(image.dtype)
+
+
+class SpatialTransformer(nn.Module):
+    """Module form of :func:`warp` with no parameters (eq. 8): ``forward(image, flow)`` -> (B, C, *spatial)."""
+
+    def __init__(self, mode: str = "bilinear", padding_mode: str = "zeros") -> None:
+        super().__init__()
+        if mode not in ("bilinear", "nearest"):
+            raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+        self.mode = mode
+        self.padding_mode = padding_mode
+
+    def forward(self, image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        return warp(image, flow, mode=self.mode, padding_mode=self.padding_mode)
+
+
+def upsample_flow(flow: torch.Tensor, factor: int = 2) -> torch.Tensor:
+    """Field (B, ndim, *spatial*factor) resized by ``factor`` with its displacements multiplied by ``factor``.
+
+    Resizing is (bi/tri)linear with ``align_corners=False``: pixel centres of the coarse grid map to
+    ``factor * i + (factor - 1) / 2`` on the fine grid, which is how strided convolutions and average pooling
+    place their outputs. A constant field stays constant (times ``factor``).
+    """
+    check_flow(flow)
+    if int(factor) != factor or factor < 1:
+        raise ValueError(f"factor must be a positive integer, got {factor!r}")
+    factor = int(factor)
+    if factor == 1:
+        return flow
+    mode = "bilinear" if flow.ndim == 4 else "trilinear"
+    return factor * F.interpolate(flow, scale_factor=factor, mode=mode, align_corners=False)
