@@ -25,24 +25,31 @@ def warp(
 ) -> torch.Tensor:
     """Warped image (B, C, *spatial): ``image`` sampled at p + flow(p) for every pixel p (eq. 8).
 
-    Bilinear (trilinear in 3D) interpolation, or nearest for label maps. Positions outside the image read
-    ``padding_mode`` ("zeros", "border" or "reflection", as in ``torch.nn.functional.grid_sample``).
+    Bilinear (trilinear in 3D) interpolation between the 2^ndim neighbours of p + flow(p), or ``nearest`` for
+    label maps. Positions outside the image read 0 (``padding_mode="zeros"``) or the nearest border pixel
+    (``"border"``). Weights come from exact pixel coordinates, so a zero or integer field copies pixels exactly.
     """
     check_image(image, "image")
     check_flow(flow)
     check_same_spatial(image, flow, "image", "flow")
     if mode not in ("bilinear", "nearest"):
         raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
-    shape = image.shape[2:]
-    coords = identity_grid(tuple(shape), device=flow.device, dtype=flow.dtype) + flow
-    # grid_sample wants coordinates in [-1, 1] with the last axis first (x, y[, z]).
-    for k, n in enumerate(shape):
-        coords[:, k] = 2.0 * coords[:, k] / max(n - 1, 1) - 1.0
-    grid = coords.movedim(1, -1).flip(-1)
-    out = F.grid_sample(
-        image.to(flow.dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=True
-    )
-    return out.to(image.dtype)
+    if padding_mode not in ("zeros", "border"):
+        raise ValueError(f"padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
+    from .correlation import bilinear_sample
+
+    shape = tuple(image.shape[2:])
+    dtype = torch.promote_types(image.dtype, flow.dtype)
+    coords = identity_grid(shape, device=flow.device, dtype=dtype) + flow.to(dtype)
+    if padding_mode == "border":
+        limits = torch.tensor([n - 1 for n in shape], device=flow.device, dtype=dtype).view(1, -1, *[1] * len(shape))
+        coords = torch.minimum(coords.clamp_min(0), limits)
+    if mode == "nearest":
+        coords = torch.round(coords)
+    b, c = image.shape[:2]
+    points = coords.flatten(2).transpose(1, 2)  # (B, P, ndim)
+    out = bilinear_sample(image.to(dtype), points)
+    return out.reshape(b, c, *shape).to(image.dtype)
 
 
 class SpatialTransformer(nn.Module):
@@ -52,6 +59,8 @@ class SpatialTransformer(nn.Module):
         super().__init__()
         if mode not in ("bilinear", "nearest"):
             raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+        if padding_mode not in ("zeros", "border"):
+            raise ValueError(f"padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
         self.mode = mode
         self.padding_mode = padding_mode
 

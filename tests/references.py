@@ -1,0 +1,127 @@
+"""Brute-force references: loops you can read, used to check the library's vectorized code."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def bilinear_at(image2d: torch.Tensor, y: float, x: float) -> float:
+    """Bilinear value of a 2D tensor at (row y, column x), zero outside the grid (eq. 8 written out)."""
+    h, w = image2d.shape
+    y0, x0 = math.floor(y), math.floor(x)
+    total = 0.0
+    for yy in (y0, y0 + 1):
+        for xx in (x0, x0 + 1):
+            if 0 <= yy < h and 0 <= xx < w:
+                total += float(image2d[yy, xx]) * (1 - abs(y - yy)) * (1 - abs(x - xx))
+    return total
+
+
+def warp_naive(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """warp() with loops: out[b, c, i, j] = bilinear(image[b, c]) at (i + flow0, j + flow1)."""
+    out = torch.zeros_like(image)
+    b, c, h, w = image.shape
+    for n in range(b):
+        for i in range(h):
+            for j in range(w):
+                y = i + float(flow[n, 0, i, j])
+                x = j + float(flow[n, 1, i, j])
+                for ch in range(c):
+                    out[n, ch, i, j] = bilinear_at(image[n, ch], y, x)
+    return out
+
+
+def cost_volume_naive(fm: torch.Tensor, ff: torch.Tensor) -> torch.Tensor:
+    """Eq. 1 with four loops: C[b, i, j, k, l] = sum_d fm[b, d, i, j] * ff[b, d, k, l]."""
+    b, d, h, w = fm.shape
+    out = torch.zeros(b, h, w, h, w, dtype=fm.dtype)
+    for n in range(b):
+        for i in range(h):
+            for j in range(w):
+                for k in range(h):
+                    for l in range(w):
+                        out[n, i, j, k, l] = sum(float(fm[n, c, i, j] * ff[n, c, k, l]) for c in range(d))
+    return out
+
+
+def pool_naive(vol: torch.Tensor, level: int) -> torch.Tensor:
+    """Average the last two axes of (B, H, W, h, w) over 2^level blocks, dropping remainders, with loops."""
+    s = 2**level
+    b, h, w, hh, ww = vol.shape
+    out = torch.zeros(b, h, w, hh // s, ww // s, dtype=vol.dtype)
+    for k in range(hh // s):
+        for l in range(ww // s):
+            out[..., k, l] = vol[..., k * s : (k + 1) * s, l * s : (l + 1) * s].mean(dim=(-1, -2))
+    return out
+
+
+def diamond_naive(radius: int) -> set[tuple[int, int]]:
+    """All integer 2D offsets with |dy| + |dx| <= radius."""
+    return {(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1) if abs(dy) + abs(dx) <= radius}
+
+
+def search_naive(pyramid: list[torch.Tensor], flow: torch.Tensor, offsets: list[tuple[int, int]]) -> torch.Tensor:
+    """Eq. 3 with loops: for pixel p, level l, offset d: bilinear sample of level l's map of p at (p+flow)/2^l + d."""
+    b, _, h, w = flow.shape
+    out = torch.zeros(b, len(pyramid) * len(offsets), h, w, dtype=flow.dtype)
+    for n in range(b):
+        for i in range(h):
+            for j in range(w):
+                for lev, vol in enumerate(pyramid):
+                    cy = (i + float(flow[n, 0, i, j])) / 2**lev
+                    cx = (j + float(flow[n, 1, i, j])) / 2**lev
+                    for k, (dy, dx) in enumerate(offsets):
+                        out[n, lev * len(offsets) + k, i, j] = bilinear_at(vol[n, i, j], cy + dy, cx + dx)
+    return out
+
+
+def local_ncc_naive(a: torch.Tensor, b: torch.Tensor, window: int, eps: float = 1e-5) -> torch.Tensor:
+    """Squared local NCC map of 2D images (B, 1, H, W) by explicit windows (zero padding)."""
+    r = window // 2
+    ap = torch.nn.functional.pad(a, (r, r, r, r))
+    bp = torch.nn.functional.pad(b, (r, r, r, r))
+    out = torch.zeros_like(a)
+    _, _, h, w = a.shape
+    for n in range(a.shape[0]):
+        for i in range(h):
+            for j in range(w):
+                pa = ap[n, 0, i : i + window, j : j + window]
+                pb = bp[n, 0, i : i + window, j : j + window]
+                da, db = pa - pa.mean(), pb - pb.mean()
+                cross = (da * db).sum()
+                out[n, 0, i, j] = cross * cross / ((da * da).sum() * (db * db).sum() + eps)
+    return out
+
+
+def jacobian_naive(flow: torch.Tensor) -> torch.Tensor:
+    """det(I + grad u) per pixel of a 2D field with central differences inside, one-sided on borders."""
+    b, _, h, w = flow.shape
+    out = torch.zeros(b, h, w, dtype=flow.dtype)
+
+    def d(f: torch.Tensor, i: int, j: int, axis: int) -> float:
+        n = f.shape[axis]
+        idx = i if axis == 0 else j
+        lo, hi = max(idx - 1, 0), min(idx + 1, n - 1)
+        if axis == 0:
+            return float(f[hi, j] - f[lo, j]) / (hi - lo)
+        return float(f[i, hi] - f[i, lo]) / (hi - lo)
+
+    for n in range(b):
+        for i in range(h):
+            for j in range(w):
+                a = 1 + d(flow[n, 0], i, j, 0)
+                bb = d(flow[n, 0], i, j, 1)
+                c = d(flow[n, 1], i, j, 0)
+                dd = 1 + d(flow[n, 1], i, j, 1)
+                out[n, i, j] = a * dd - bb * c
+    return out
+
+
+def dice_naive(a: torch.Tensor, b: torch.Tensor, label: int) -> float:
+    """Dice of one label between two label maps, NaN when the label is in neither."""
+    x = a == label
+    y = b == label
+    total = int(x.sum() + y.sum())
+    return float("nan") if total == 0 else 2 * int((x & y).sum()) / total

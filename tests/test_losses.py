@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from references import local_ncc_naive
+from searchmorph_lite import grad_l2_loss, lncc_loss, local_ncc, mse_loss, registration_loss
+
+
+def test_mse_loss_value():
+    a = torch.zeros(1, 1, 2, 2)
+    b = torch.tensor([[[[1.0, 2.0], [0.0, 1.0]]]])
+    assert mse_loss(a, b).item() == pytest.approx(6 / 4)
+
+
+@pytest.mark.parametrize("window", [3, 5])
+def test_local_ncc_matches_sliding_window(window):
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(2, 1, 9, 8, generator=g, dtype=torch.float64)
+    b = 0.5 * a + 0.5 * torch.rand(2, 1, 9, 8, generator=g, dtype=torch.float64)
+    assert torch.allclose(local_ncc(a, b, window), local_ncc_naive(a, b, window), atol=1e-9)
+
+
+def test_lncc_is_minus_one_for_identical_textured_images():
+    a = torch.rand(1, 1, 16, 16, dtype=torch.float64)
+    assert lncc_loss(a, a, 5).item() == pytest.approx(-1.0, abs=1e-3)
+
+
+def test_local_ncc_invariant_to_affine_intensity_change_inside():
+    a = torch.rand(1, 1, 16, 16, dtype=torch.float64)
+    b = torch.rand(1, 1, 16, 16, dtype=torch.float64)
+    # away from the zero-padded border, NCC ignores gain and offset
+    inner = (..., slice(4, -4), slice(4, -4))
+    assert torch.allclose(local_ncc(a, b)[inner], local_ncc(3 * a + 1, b)[inner], atol=1e-6)
+
+
+def test_lncc_is_finite_on_constant_images():
+    a = torch.ones(1, 1, 12, 12)
+    loss = lncc_loss(a, torch.zeros(1, 1, 12, 12))
+    assert torch.isfinite(loss) and loss.item() == 0.0
+
+
+def test_lncc_has_finite_gradient_on_constant_images():
+    a = torch.ones(1, 1, 12, 12, requires_grad=True)
+    lncc_loss(a, torch.full((1, 1, 12, 12), 0.5)).backward()
+    assert torch.isfinite(a.grad).all()
+
+
+def test_grad_l2_zero_for_constant_field_and_known_for_linear():
+    assert grad_l2_loss(torch.full((1, 2, 6, 6), 3.0)).item() == 0.0
+    flow = torch.zeros(1, 2, 6, 6)
+    flow[:, 0] = 2.0 * torch.arange(6.0).view(6, 1)  # d u0 / d row = 2, everything else 0
+    # mean over each axis' differences, averaged over 2 axes: channel 0 row-diffs = 4, others 0
+    # axis rows: mean over (1,2,5,6) of diffs^2 = (4 * 30 + 0 * 30) / 60 = 2 ; axis cols: 0  -> (2 + 0) / 2
+    assert grad_l2_loss(flow).item() == pytest.approx(1.0)
+
+
+def test_registration_loss_is_similarity_plus_alpha_times_smoothness():
+    warped, fixed = torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8)
+    flow = torch.randn(1, 2, 8, 8)
+    expected = mse_loss(warped, fixed) + 0.01 * grad_l2_loss(flow)
+    assert torch.allclose(registration_loss(warped, fixed, flow, "mse", 0.01), expected)

@@ -1,0 +1,153 @@
+import pytest
+import torch
+
+from conftest import disc_pair
+from searchmorph_lite import (
+    ContextEncoder,
+    ConvGRU,
+    FeatureEncoder,
+    SearchMorph,
+    SearchMorphConfig,
+    VoxelMorph,
+    dice,
+    grad_l2_loss,
+    mse_loss,
+    warp,
+)
+
+SMALL = dict(widths=(8, 16, 16, 16), hidden_dim=16, motion_dim=16, context_dim=16)
+
+
+def test_searchmorph_defaults_follow_the_paper():
+    cfg = SearchMorphConfig()
+    assert (cfg.levels, cfg.radius, cfg.iterations, cfg.feature_dim, cfg.context_dim) == (4, 3, 4, 4, 32)
+    assert not cfg.all_pairs  # the memory-lean search is the default
+
+
+def test_searchmorph_outputs_full_resolution_fields_per_iteration(pair):
+    moving, fixed, *_ = pair
+    model = SearchMorph(SearchMorphConfig(**SMALL))
+    out = model(moving, fixed)
+    assert out.flow.shape == (1, 2, 64, 64) and out.warped.shape == (1, 1, 64, 64)
+    assert len(out.flows) == 4 and out.flows[-1] is out.flow
+    assert torch.allclose(out.warped, warp(moving, out.flow))
+
+
+def test_iterations_override_at_inference(pair):
+    moving, fixed, *_ = pair
+    model = SearchMorph(SearchMorphConfig(**SMALL)).eval()
+    with torch.no_grad():
+        out2 = model(moving, fixed, iterations=2)
+        out6 = model(moving, fixed, iterations=6)
+    assert len(out2.flows) == 2 and len(out6.flows) == 6
+    assert torch.allclose(out6.flows[1], out2.flows[1])  # the same first steps
+
+
+def test_all_pairs_switch_gives_the_same_model_output(pair):
+    moving, fixed, *_ = pair
+    lean = SearchMorph(SearchMorphConfig(**SMALL)).eval()
+    full = SearchMorph(SearchMorphConfig(**SMALL, all_pairs=True)).eval()
+    full.load_state_dict(lean.state_dict())
+    for p in lean.iterator.flow_head[-1].parameters():  # make the field non-trivial
+        torch.nn.init.normal_(p, std=0.5)
+    full.load_state_dict(lean.state_dict())
+    with torch.no_grad():
+        a, b = lean(moving, fixed), full(moving, fixed)
+    assert a.flow.abs().max() > 0.1
+    assert torch.allclose(a.flow, b.flow, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "flags", [{}, {"use_context": False}, {"use_search": False}, {"use_pyramid": False}, {"joint_encoder": False}]
+)
+def test_every_parameter_gets_a_gradient(pair, flags):
+    moving, fixed, *_ = pair
+    model = SearchMorph(SearchMorphConfig(**SMALL, **flags))
+    out = model(moving, fixed)
+    (mse_loss(out.warped, fixed) + grad_l2_loss(out.flow)).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert missing == []
+
+
+def test_ablation_flags_change_the_architecture():
+    base = SearchMorph(SearchMorphConfig(**SMALL))
+    assert SearchMorph(SearchMorphConfig(**SMALL, use_context=False)).context_encoder is None
+    assert SearchMorph(SearchMorphConfig(**SMALL, use_pyramid=False)).levels == 1
+    no_search = SearchMorph(SearchMorphConfig(**SMALL, use_search=False))
+    first = no_search.iterator.motion_encoder[0]
+    assert first.in_channels == 2 * 4 + 2  # features of both images + the field
+    assert base.iterator.motion_encoder[0].in_channels == 4 * 25 + 2
+
+
+def test_encoders_share_the_trunk():
+    model = SearchMorph(SearchMorphConfig(**SMALL))
+    assert isinstance(model.feature_encoder, FeatureEncoder) and isinstance(model.context_encoder, ContextEncoder)
+    assert model.feature_encoder.trunk is model.context_encoder.trunk
+    assert model.feature_encoder.head is not model.context_encoder.head
+
+
+def test_feature_encoder_splits_eight_channels_into_two_maps_at_half_resolution(pair):
+    moving, fixed, *_ = pair
+    enc = FeatureEncoder(feature_dim=4, widths=(8, 16, 16))
+    h_m, h_f = enc(moving, fixed)
+    assert enc.head.out_channels == 8
+    assert h_m.shape == h_f.shape == (1, 4, 32, 32)
+
+
+def test_convgru_follows_eq_4_to_7():
+    torch.manual_seed(0)
+    gru = ConvGRU(hidden_dim=3, input_dim=2, kernel_size=1)
+    h, x = torch.randn(1, 3, 4, 4), torch.randn(1, 2, 4, 4)
+    hx = torch.cat([h, x], 1)
+    r = torch.sigmoid(gru.conv_r(hx))
+    z = torch.sigmoid(gru.conv_z(hx))
+    q = torch.tanh(gru.conv_h(torch.cat([r * h, x], 1)))
+    assert torch.allclose(gru(h, x), (1 - z) * h + z * q)
+    # z -> 0 keeps the old state: push the update gate's bias very negative
+    torch.nn.init.constant_(gru.conv_z.bias, -50.0)
+    assert torch.allclose(gru(h, x), h, atol=1e-6)
+
+
+def test_voxelmorph_outputs_one_full_resolution_field(pair):
+    moving, fixed, *_ = pair
+    model = VoxelMorph()
+    out = model(moving, fixed)
+    assert out.flow.shape == (1, 2, 64, 64) and len(out.flows) == 1
+    assert out.flow.abs().max() < 1e-2  # starts near identity
+
+
+def _overfit(model, steps, lr=3e-3):
+    moving, fixed, moving_lab, fixed_lab = disc_pair()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def score():
+        model.eval()
+        with torch.no_grad():
+            out = model(moving, fixed)
+            lab = warp(moving_lab.float(), out.flow, mode="nearest").long()
+            loss = mse_loss(out.warped, fixed).item()
+        model.train()
+        return loss, dice(lab, fixed_lab).item()
+
+    loss0, dice0 = score()
+    for _ in range(steps):
+        out = model(moving, fixed)
+        loss = sum(mse_loss(warp(moving, f), fixed) + 0.01 * grad_l2_loss(f) for f in out.flows)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return (loss0, dice0), score()
+
+
+def test_searchmorph_overfits_one_pair():
+    torch.manual_seed(0)
+    model = SearchMorph(SearchMorphConfig(**SMALL, radius=2))
+    (loss0, dice0), (loss1, dice1) = _overfit(model, steps=60)
+    assert loss1 < 0.5 * loss0
+    assert dice1 > dice0 + 0.1 and dice1 > 0.8
+
+
+def test_voxelmorph_overfits_one_pair():
+    torch.manual_seed(0)
+    (loss0, dice0), (loss1, dice1) = _overfit(VoxelMorph(), steps=60)
+    assert loss1 < 0.5 * loss0 and dice1 > dice0 + 0.1
