@@ -1,0 +1,94 @@
+"""Benchmark: SearchMorph training-step time and peak memory, all-pairs cost volume vs the lean search.
+
+Each path runs in its own subprocess so its peak resident memory (CPU) or peak allocated memory (CUDA) is its
+own. Usage: ``python benchmarks/correlation.py [--batch 8] [--steps 3] [--size 192 160] [--out results.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+
+def run_one(all_pairs: bool, batch: int, steps: int, size: tuple[int, int], device: str) -> dict:
+    """Time ``steps`` training steps (after one warm-up) of one correlation path; return seconds and peak MB."""
+    import torch
+
+    from searchmorph_lite import SearchMorph, SearchMorphConfig, grad_l2_loss, lncc_loss
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    model = SearchMorph(SearchMorphConfig(all_pairs=all_pairs)).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    moving = torch.rand(batch, 1, *size, device=dev)
+    fixed = torch.rand(batch, 1, *size, device=dev)
+    times = []
+    for step in range(steps + 1):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = model(moving, fixed)
+        loss = lncc_loss(out.warped, fixed) + 2.0 * grad_l2_loss(out.flow)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if step:  # step 0 warms up
+            times.append(time.perf_counter() - start)
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss
+    return {"all_pairs": all_pairs, "step_seconds": sum(times) / len(times), "peak_mb": peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--size", type=int, nargs=2, default=(192, 160))
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    parser.add_argument("--out", help="also write the results as JSON here")
+    parser.add_argument("--child", choices=["all_pairs", "search_features"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.child:
+        result = run_one(args.child == "all_pairs", args.batch, args.steps, tuple(args.size), args.device)
+        print(json.dumps(result))
+        return
+    results = {}
+    for path in ("search_features", "all_pairs"):
+        cmd = [sys.executable, __file__, "--child", path, "--batch", str(args.batch), "--steps", str(args.steps),
+               "--size", *map(str, args.size), "--device", args.device]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{path} failed:\n{proc.stderr[-2000:]}")
+        results[path] = json.loads(proc.stdout.strip().splitlines()[-1])
+    lean, full = results["search_features"], results["all_pairs"]
+    h, w = args.size
+    print(f"SearchMorph training step, {h}x{w}, batch {args.batch}, {args.device} ({platform.processor() or platform.machine()})")
+    print(f"{'path':<18}{'step (s)':>10}{'peak (MB)':>12}")
+    for name, r in (("all-pairs volume", full), ("search_features", lean)):
+        print(f"{name:<18}{r['step_seconds']:>10.2f}{r['peak_mb']:>12.0f}")
+    ratio_t = full["step_seconds"] / lean["step_seconds"]
+    ratio_m = full["peak_mb"] / max(lean["peak_mb"], 1e-9)
+    print(f"search_features is {ratio_t:.1f}x faster and uses {ratio_m:.1f}x less peak memory")
+    if args.out:
+        summary = {"size": [h, w], "batch": args.batch, "device": args.device, "results": results,
+                   "speedup": ratio_t, "memory_ratio": ratio_m}
+        with open(args.out, "w") as fh:
+            json.dump(summary, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
