@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -98,3 +99,42 @@ class VoxelMorph(nn.Module):
             x = block(torch.cat([self.upsample(x), skips[-2 - i]], dim=1))
         flow = self.flow_layer(self.extra(x))
         return RegistrationResult(flow=flow, warped=warp(moving, flow), flows=[flow])
+
+
+CLASSICAL = ("Affine", "SyN", "ElasticSyN", "Translation", "Rigid")
+
+
+def ants_register(moving, fixed, type_of_transform: str = "SyN", seed: int = 0, **kwargs):
+    """(warped (H, W), flow (2, H, W)) as numpy: ANTs registration (antspyx) in this project's flow convention.
+
+    ``type_of_transform`` is one of ANTs' names ("Affine", "SyN", "ElasticSyN", ...). ANTs' forward transforms
+    are composed into one displacement field on the fixed grid; with unit spacing, zero origin and identity
+    direction its component k is the displacement along array axis k, which is exactly ``flow`` here
+    (``warp(moving, flow)`` reproduces ANTs' warped image, which is what is returned). Needs ``pip install antspyx``.
+    """
+    import tempfile
+
+    try:
+        import ants
+    except ImportError as err:
+        raise ImportError("classical baselines need antspyx: pip install antspyx") from err
+    from .inference import _to_2d_tensor
+
+    if type_of_transform not in CLASSICAL:
+        raise ValueError(f"type_of_transform must be one of {CLASSICAL}, got {type_of_transform!r}")
+    m = _to_2d_tensor(moving, "moving").numpy().astype("float32")
+    f = _to_2d_tensor(fixed, "fixed").numpy().astype("float32")
+    if m.shape != f.shape:
+        raise ValueError(f"moving and fixed differ in shape: {m.shape} vs {f.shape}")
+    m_img, f_img = ants.from_numpy(m), ants.from_numpy(f)
+    with tempfile.TemporaryDirectory() as tmp:
+        reg = ants.registration(
+            fixed=f_img, moving=m_img, type_of_transform=type_of_transform, random_seed=seed,
+            outprefix=f"{tmp}/reg_", **kwargs
+        )
+        composed = ants.apply_transforms(
+            fixed=f_img, moving=m_img, transformlist=reg["fwdtransforms"], compose=f"{tmp}/composed_"
+        )
+        field = ants.image_read(composed).numpy()
+    flow = np.moveaxis(field, -1, 0).astype("float32")
+    return reg["warpedmovout"].numpy(), flow
