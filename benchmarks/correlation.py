@@ -68,15 +68,28 @@ def main() -> None:
         return
     results = {}
     for path in ("search_features", "all_pairs"):
-        cmd = [sys.executable, __file__, "--child", path, "--batch", str(args.batch), "--steps", str(args.steps),
-               "--size", *map(str, args.size), "--device", args.device]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            path,
+            "--batch",
+            str(args.batch),
+            "--steps",
+            str(args.steps),
+            "--size",
+            *map(str, args.size),
+            "--device",
+            args.device,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{path} failed:\n{proc.stderr[-2000:]}")
         results[path] = json.loads(proc.stdout.strip().splitlines()[-1])
     lean, full = results["search_features"], results["all_pairs"]
     h, w = args.size
-    print(f"SearchMorph training step, {h}x{w}, batch {args.batch}, {args.device} ({platform.processor() or platform.machine()})")
+    cpu = platform.processor() or platform.machine()
+    print(f"SearchMorph training step, {h}x{w}, batch {args.batch}, {args.device} ({cpu})")
     print(f"{'path':<18}{'step (s)':>10}{'peak (MB)':>12}")
     for name, r in (("all-pairs volume", full), ("search_features", lean)):
         print(f"{name:<18}{r['step_seconds']:>10.2f}{r['peak_mb']:>12.0f}")
@@ -84,8 +97,14 @@ def main() -> None:
     ratio_m = full["peak_mb"] / max(lean["peak_mb"], 1e-9)
     print(f"search_features is {ratio_t:.1f}x faster and uses {ratio_m:.1f}x less peak memory")
     if args.out:
-        summary = {"size": [h, w], "batch": args.batch, "device": args.device, "results": results,
-                   "speedup": ratio_t, "memory_ratio": ratio_m}
+        summary = {
+            "size": [h, w],
+            "batch": args.batch,
+            "device": args.device,
+            "results": results,
+            "speedup": ratio_t,
+            "memory_ratio": ratio_m,
+        }
         with open(args.out, "w") as fh:
             json.dump(summary, fh, indent=1)
 

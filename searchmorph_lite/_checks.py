@@ -10,9 +10,7 @@ def check_image(x: torch.Tensor, name: str, ndim: int | None = None) -> None:
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim not in (4, 5):
-        raise ValueError(
-            f"{name} must have shape (B, C, H, W) or (B, C, D, H, W), got {x.ndim} dims {tuple(x.shape)}"
-        )
+        raise ValueError(f"{name} must have shape (B, C, H, W) or (B, C, D, H, W), got {x.ndim} dims {tuple(x.shape)}")
     if ndim is not None and x.ndim - 2 != ndim:
         raise ValueError(f"{name} must have {ndim} spatial axes, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
@@ -37,6 +35,4 @@ def check_same_spatial(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: st
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"batch sizes differ: {name_a} has {a.shape[0]}, {name_b} has {b.shape[0]}")
     if a.shape[2:] != b.shape[2:]:
-        raise ValueError(
-            f"spatial shapes differ: {name_a} is {tuple(a.shape[2:])}, {name_b} is {tuple(b.shape[2:])}"
-        )
+        raise ValueError(f"spatial shapes differ: {name_a} is {tuple(a.shape[2:])}, {name_b} is {tuple(b.shape[2:])}")

@@ -66,7 +66,9 @@ class VoxelMorph(nn.Module):
             w = dec[i]
             self.decoder.append(_conv(prev + skip_channels[-2 - i], w))
             prev = w
-        self.extra = nn.Sequential(*[_conv(c_in, c_out) for c_in, c_out in zip((prev,) + dec[len(enc):-1], dec[len(enc):])])
+        self.extra = nn.Sequential(
+            *[_conv(c_in, c_out) for c_in, c_out in zip((prev,) + dec[len(enc) : -1], dec[len(enc) :])]
+        )
         prev = dec[-1] if len(dec) > len(enc) else prev
         self.flow_layer = nn.Conv2d(prev, config.ndim, 3, padding=1)
         nn.init.normal_(self.flow_layer.weight, std=1e-5)
@@ -129,8 +131,12 @@ def ants_register(moving, fixed, type_of_transform: str = "SyN", seed: int = 0, 
     m_img, f_img = ants.from_numpy(m), ants.from_numpy(f)
     with tempfile.TemporaryDirectory() as tmp:
         reg = ants.registration(
-            fixed=f_img, moving=m_img, type_of_transform=type_of_transform, random_seed=seed,
-            outprefix=f"{tmp}/reg_", **kwargs
+            fixed=f_img,
+            moving=m_img,
+            type_of_transform=type_of_transform,
+            random_seed=seed,
+            outprefix=f"{tmp}/reg_",
+            **kwargs,
         )
         composed = ants.apply_transforms(
             fixed=f_img, moving=m_img, transformlist=reg["fwdtransforms"], compose=f"{tmp}/composed_"

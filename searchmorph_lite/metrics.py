@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -24,9 +24,7 @@ def _as_label_batch(seg: torch.Tensor, name: str) -> torch.Tensor:
     return seg.long()
 
 
-def dice(
-    seg_a: torch.Tensor, seg_b: torch.Tensor, labels: Sequence[int] | None = None
-) -> torch.Tensor:
+def dice(seg_a: torch.Tensor, seg_b: torch.Tensor, labels: Sequence[int] | None = None) -> torch.Tensor:
     """Per-label Dice (B, L) between two label maps (B, 1, *spatial) or (B, *spatial).
 
     ``labels`` defaults to every non-zero label present in either map, sorted. A label absent from both maps

@@ -97,10 +97,8 @@ class SearchMorph(nn.Module):
             config.motion_dim,
             ndim=config.ndim,
         )
-        self.init_hidden = (
-            nn.Conv2d(config.context_dim, config.hidden_dim, 1) if config.use_context else None
-        )
-        self.size_multiple = max(trunk.size_multiple, 2 ** self.levels)
+        self.init_hidden = nn.Conv2d(config.context_dim, config.hidden_dim, 1) if config.use_context else None
+        self.size_multiple = max(trunk.size_multiple, 2**self.levels)
 
     def check_inputs(self, moving: torch.Tensor, fixed: torch.Tensor) -> None:
         """Raise ValueError for inputs this model cannot register (shape, channels, size multiple, NaN)."""
@@ -144,9 +142,7 @@ class SearchMorph(nn.Module):
             elif pyramid is not None:
                 search = search_pyramid(pyramid, where, cfg.radius)
             else:
-                search = search_features(
-                    h_f, h_m, where, cfg.radius, self.levels, normalize=cfg.normalize_correlation
-                )
+                search = search_features(h_f, h_m, where, cfg.radius, self.levels, normalize=cfg.normalize_correlation)
             hidden, delta = self.iterator(hidden, search, context, where)
             flow = flow + delta
             flows.append(upsample_flow(flow, 2))

@@ -48,7 +48,7 @@ class TrainConfig:
         similarity_loss(self.similarity)  # raises for unknown names
 
     @classmethod
-    def from_file(cls, path: str | Path, **overrides) -> "TrainConfig":
+    def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
         """Config read from a .json or .yaml file, with keyword ``overrides`` (None values ignored)."""
         path = Path(path)
         if not path.is_file():
@@ -164,7 +164,9 @@ def train(
     device = torch.device(device) if device is not None else default_device()
     seed_everything(cfg.seed)
     train_set = load_dataset(cfg.dataset, "train", **cfg.dataset_options)
-    val_set = load_dataset(cfg.dataset, "val", **cfg.dataset_options) if cfg.val_pairs else None
+    # num_pairs sizes the training set; validation keeps its own pairs and scores the first val_pairs of them
+    val_options = {k: v for k, v in cfg.dataset_options.items() if k != "num_pairs"}
+    val_set = load_dataset(cfg.dataset, "val", **val_options) if cfg.val_pairs else None
     model = build_model(cfg.model, cfg.model_config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     history: dict = {"epoch": [], "loss": [], "val_dice": [], "val_folding": [], "seconds": []}

@@ -20,9 +20,7 @@ def identity_grid(shape: tuple[int, ...], device=None, dtype=torch.float32) -> t
     return torch.stack(torch.meshgrid(*axes, indexing="ij"))
 
 
-def warp(
-    image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros"
-) -> torch.Tensor:
+def warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
     """Warped image (B, C, *spatial): ``image`` sampled at p + flow(p) for every pixel p (eq. 8).
 
     Bilinear (trilinear in 3D) interpolation between the 2^ndim neighbours of p + flow(p), or ``nearest`` for

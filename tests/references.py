@@ -59,7 +59,12 @@ def pool_naive(vol: torch.Tensor, level: int) -> torch.Tensor:
 
 def diamond_naive(radius: int) -> set[tuple[int, int]]:
     """All integer 2D offsets with |dy| + |dx| <= radius."""
-    return {(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1) if abs(dy) + abs(dx) <= radius}
+    return {
+        (dy, dx)
+        for dy in range(-radius, radius + 1)
+        for dx in range(-radius, radius + 1)
+        if abs(dy) + abs(dx) <= radius
+    }
 
 
 def search_naive(pyramid: list[torch.Tensor], flow: torch.Tensor, offsets: list[tuple[int, int]]) -> torch.Tensor:

@@ -56,7 +56,10 @@ def nan_image():
         (lambda: diamond_offsets(-1), "non-negative integer"),
         (lambda: diamond_offsets(1.5), "non-negative integer"),
         (lambda: search_pyramid([torch.rand(1, 8, 8, 8, 8)], torch.zeros(1, 2, 4, 4), 1), "pyramid level 0"),
-        (lambda: search_features(torch.rand(1, 4, 8, 8), torch.rand(1, 4, 8, 8), torch.zeros(1, 3, 8, 8), 1), "2 channels"),
+        (
+            lambda: search_features(torch.rand(1, 4, 8, 8), torch.rand(1, 4, 8, 8), torch.zeros(1, 3, 8, 8), 1),
+            "2 channels",
+        ),
     ],
 )
 def test_bad_arrays_raise_value_error_naming_the_problem(call, match):

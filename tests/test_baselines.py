@@ -13,7 +13,10 @@ from searchmorph_lite.baselines import ants_register  # noqa: E402
 def _blobs(shift=(0.0, 0.0), shape=(64, 56)):
     yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
     cy, cx = 30 + shift[0], 28 + shift[1]
-    return (np.exp(-((yy - cy) ** 2 / 60 + (xx - cx) ** 2 / 30)) + 0.5 * np.exp(-((yy - cy - 10) ** 2 / 20 + (xx - cx + 8) ** 2 / 20))).astype(np.float32)
+    return (
+        np.exp(-((yy - cy) ** 2 / 60 + (xx - cx) ** 2 / 30))
+        + 0.5 * np.exp(-((yy - cy - 10) ** 2 / 20 + (xx - cx + 8) ** 2 / 20))
+    ).astype(np.float32)
 
 
 def test_ants_translation_becomes_a_constant_flow_of_the_known_shift():

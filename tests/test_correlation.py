@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 
-from references import bilinear_at, cost_volume_naive, diamond_naive, pool_naive, search_naive
 from searchmorph_lite import (
     bilinear_sample,
     correlation_pyramid,
@@ -12,6 +11,8 @@ from searchmorph_lite import (
     search_features,
     search_pyramid,
 )
+
+from references import bilinear_at, cost_volume_naive, diamond_naive, pool_naive, search_naive
 
 
 def _features(b=2, d=3, h=6, w=5, seed=0):
@@ -67,7 +68,9 @@ def test_diamond_offsets_are_the_l1_ball(radius):
 
 def test_diamond_offsets_3d_is_the_octahedron():
     off = diamond_offsets(2, ndim=3)
-    brute = {(a, b, c) for a in range(-2, 3) for b in range(-2, 3) for c in range(-2, 3) if abs(a) + abs(b) + abs(c) <= 2}
+    brute = {
+        (a, b, c) for a in range(-2, 3) for b in range(-2, 3) for c in range(-2, 3) if abs(a) + abs(b) + abs(c) <= 2
+    }
     assert {tuple(o) for o in off.tolist()} == brute and len(off) == 25
 
 
@@ -114,7 +117,9 @@ def test_search_pyramid_is_zero_far_outside():
     assert search_pyramid(pyr, flow, 2).abs().max() == 0
 
 
-@pytest.mark.parametrize("shape,levels,radius,normalize", [((8, 8), 4, 3, False), ((9, 7), 3, 2, True), ((12, 10), 4, 1, True)])
+@pytest.mark.parametrize(
+    "shape,levels,radius,normalize", [((8, 8), 4, 3, False), ((9, 7), 3, 2, True), ((12, 10), 4, 1, True)]
+)
 def test_search_features_equals_all_pairs_path(shape, levels, radius, normalize):
     fm, ff = _features(b=2, d=4, h=shape[0], w=shape[1], seed=6)
     g = torch.Generator().manual_seed(7)

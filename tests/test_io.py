@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import disc_pair
 from searchmorph_lite import (
     SearchMorph,
     SearchMorphConfig,
@@ -19,6 +18,8 @@ from searchmorph_lite import (
     save_checkpoint,
 )
 from searchmorph_lite.cli import main
+
+from conftest import disc_pair
 
 SMALL = SearchMorphConfig(widths=(8, 16, 16, 16), hidden_dim=16, motion_dim=16, context_dim=16, radius=2)
 
@@ -99,9 +100,21 @@ def test_cli_register_writes_warped_with_fixed_affine_and_flow(tmp_path):
     _nifti(tmp_path / "m.nii.gz", moving[0, 0].numpy())
     _nifti(tmp_path / "f.nii.gz", fixed[0, 0].numpy()[..., None])  # (H, W, 1) is 2D too
     code = main(
-        ["register", "--moving", str(tmp_path / "m.nii.gz"), "--fixed", str(tmp_path / "f.nii.gz"),
-         "--checkpoint", str(tmp_path / "ck.pt"), "--out", str(tmp_path / "w.nii.gz"),
-         "--flow", str(tmp_path / "flow.nii.gz"), "--device", "cpu"]
+        [
+            "register",
+            "--moving",
+            str(tmp_path / "m.nii.gz"),
+            "--fixed",
+            str(tmp_path / "f.nii.gz"),
+            "--checkpoint",
+            str(tmp_path / "ck.pt"),
+            "--out",
+            str(tmp_path / "w.nii.gz"),
+            "--flow",
+            str(tmp_path / "flow.nii.gz"),
+            "--device",
+            "cpu",
+        ]
     )
     assert code == 0
     warped = nib.load(tmp_path / "w.nii.gz")
@@ -116,8 +129,19 @@ def test_cli_register_fails_cleanly_on_a_3d_image_and_writes_nothing(tmp_path, c
     save_checkpoint(tmp_path / "ck.pt", SearchMorph(SMALL))
     _nifti(tmp_path / "m.nii.gz", np.random.rand(16, 16, 5))
     _nifti(tmp_path / "f.nii.gz", np.random.rand(16, 16))
-    code = main(["register", "--moving", str(tmp_path / "m.nii.gz"), "--fixed", str(tmp_path / "f.nii.gz"),
-                 "--checkpoint", str(tmp_path / "ck.pt"), "--out", str(tmp_path / "w.nii.gz")])
+    code = main(
+        [
+            "register",
+            "--moving",
+            str(tmp_path / "m.nii.gz"),
+            "--fixed",
+            str(tmp_path / "f.nii.gz"),
+            "--checkpoint",
+            str(tmp_path / "ck.pt"),
+            "--out",
+            str(tmp_path / "w.nii.gz"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "not a 2D image" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "w.nii.gz").exists()
@@ -128,9 +152,22 @@ def test_cli_register_unreadable_file_exits_nonzero_as_a_subprocess(tmp_path):
     (tmp_path / "m.nii.gz").write_bytes(b"garbage")
     save_checkpoint(tmp_path / "ck.pt", VoxelMorph())
     proc = subprocess.run(
-        [sys.executable, "-m", "searchmorph_lite", "register", "--moving", str(tmp_path / "m.nii.gz"),
-         "--fixed", str(tmp_path / "m.nii.gz"), "--checkpoint", str(tmp_path / "ck.pt"), "--out", str(tmp_path / "o.nii.gz")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "searchmorph_lite",
+            "register",
+            "--moving",
+            str(tmp_path / "m.nii.gz"),
+            "--fixed",
+            str(tmp_path / "m.nii.gz"),
+            "--checkpoint",
+            str(tmp_path / "ck.pt"),
+            "--out",
+            str(tmp_path / "o.nii.gz"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2 and "cannot read NIfTI" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "o.nii.gz").exists()
@@ -139,6 +176,17 @@ def test_cli_register_unreadable_file_exits_nonzero_as_a_subprocess(tmp_path):
 def test_cli_register_wrong_checkpoint_file(tmp_path):
     _nifti(tmp_path / "m.nii.gz", np.random.rand(16, 16))
     (tmp_path / "ck.pt").write_bytes(b"xx")
-    code = main(["register", "--moving", str(tmp_path / "m.nii.gz"), "--fixed", str(tmp_path / "m.nii.gz"),
-                 "--checkpoint", str(tmp_path / "ck.pt"), "--out", str(tmp_path / "w.nii.gz")])
+    code = main(
+        [
+            "register",
+            "--moving",
+            str(tmp_path / "m.nii.gz"),
+            "--fixed",
+            str(tmp_path / "m.nii.gz"),
+            "--checkpoint",
+            str(tmp_path / "ck.pt"),
+            "--out",
+            str(tmp_path / "w.nii.gz"),
+        ]
+    )
     assert code == 2 and not (tmp_path / "w.nii.gz").exists()

@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
-from references import dice_naive, jacobian_naive
 from searchmorph_lite import dice, folding_ratio, jacobian_determinant
+
+from references import dice_naive, jacobian_naive
 
 
 def test_dice_matches_naive_per_label():

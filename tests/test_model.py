@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from conftest import disc_pair
 from searchmorph_lite import (
     ContextEncoder,
     ConvGRU,
@@ -14,6 +13,8 @@ from searchmorph_lite import (
     mse_loss,
     warp,
 )
+
+from conftest import disc_pair
 
 SMALL = dict(widths=(8, 16, 16, 16), hidden_dim=16, motion_dim=16, context_dim=16)
 

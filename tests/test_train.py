@@ -76,12 +76,29 @@ def test_cli_train_then_evaluate(tmp_path, capsys):
 
     cfg = {**TINY, "model": "VoxelMorph", "model_config": {}}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run"), "--device", "cpu"]) == 0
+    assert (
+        main(["train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run"), "--device", "cpu"]) == 0
+    )
     model = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert type(model).__name__ == "VoxelMorph"
     capsys.readouterr()
-    code = main(["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--dataset", "brain2d",
-                 "--split", "test", "--max-pairs", "2", "--out", str(tmp_path / "m.json"), "--device", "cpu"])
+    code = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(tmp_path / "run" / "checkpoint.pt"),
+            "--dataset",
+            "brain2d",
+            "--split",
+            "test",
+            "--max-pairs",
+            "2",
+            "--out",
+            str(tmp_path / "m.json"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["pairs"] == 2 and 0 < summary["dice_mean"] <= 1

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from references import warp_naive
 from searchmorph_lite import SpatialTransformer, identity_grid, upsample_flow, warp
+
+from references import warp_naive
 
 
 def test_zero_flow_returns_input_exactly():

@@ -1,0 +1,211 @@
+"""Shared pieces of the data package: the data root, atomic writes, resizing, seeded random fields, option checks.
+
+Nothing here touches the network. Heavy optional dependencies (nibabel, nilearn, pydicom) are imported inside
+the functions that need them, so ``import searchmorph_lite.data`` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+SPLITS = ("train", "val", "test")
+# A different integer per split goes into every seed, so no two splits can draw the same generated subject.
+SPLIT_CODES = {"train": 1, "val": 2, "test": 3}
+
+
+def data_root() -> Path:
+    """Data root directory: ``$SEARCHMORPH_DATA`` if set, else ``~/.searchmorph/data`` (not created here)."""
+    env = os.environ.get("SEARCHMORPH_DATA")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".searchmorph" / "data"
+
+
+def check_split(split: str, allowed: Iterable[str] = SPLITS, name: str = "dataset") -> str:
+    """The split name, unchanged; raise ValueError if it is not one of ``allowed``."""
+    allowed = tuple(allowed)
+    if split not in allowed:
+        raise ValueError(f"unknown split {split!r} for {name}; expected one of {', '.join(allowed)}")
+    return split
+
+
+def check_options(name: str, options: Mapping[str, Any], accepted: Iterable[str]) -> None:
+    """Raise ValueError naming any option in ``options`` that ``name`` does not accept."""
+    accepted = sorted(accepted)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"{name} does not accept option(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}")
+
+
+def as_size(image_size: int | tuple[int, int] | list[int], what: str = "image_size") -> tuple[int, int]:
+    """(H, W) from an int (square) or a pair; raise ValueError unless both are integers >= 8."""
+    if isinstance(image_size, (int, np.integer)):
+        size = (int(image_size), int(image_size))
+    elif isinstance(image_size, (tuple, list)) and len(image_size) == 2:
+        size = (int(image_size[0]), int(image_size[1]))
+        if size != tuple(image_size):
+            raise ValueError(f"{what} must hold integers, got {image_size!r}")
+    else:
+        raise ValueError(f"{what} must be an int or a pair (H, W), got {image_size!r}")
+    if min(size) < 8:
+        raise ValueError(f"{what} must be at least 8 pixels on each side, got {size}")
+    return size
+
+
+def check_positive_int(value: Any, what: str, minimum: int = 1) -> int:
+    """``value`` as int; raise ValueError unless it is an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def evenly_spaced(n_available: int, n_wanted: int | None) -> np.ndarray:
+    """Indices (min(n_wanted, n_available),) spread evenly over range(n_available); all of them if None."""
+    if n_wanted is None or n_wanted >= n_available:
+        return np.arange(n_available)
+    n_wanted = check_positive_int(n_wanted, "num_pairs")
+    return np.unique(np.round(np.linspace(0, n_available - 1, n_wanted)).astype(np.int64))
+
+
+def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Images (N, C, *size), bilinear with antialiasing (area-like when shrinking), clipped to [0, 1]."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    out = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    return out.clamp(0.0, 1.0)
+
+
+def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Label maps (N, C, *size), nearest neighbour so no new label values appear."""
+    if tuple(labels.shape[-2:]) == tuple(size):
+        return labels
+    return F.interpolate(labels.float(), size=size, mode="nearest-exact").to(labels.dtype)
+
+
+def pad_to_square(array: np.ndarray, value: float = 0.0, top_align: bool = False) -> np.ndarray:
+    """Array (..., S, S) with S = max(H, W): zero padding, centred (or columns centred, rows at the top)."""
+    h, w = array.shape[-2:]
+    s = max(h, w)
+    top = 0 if top_align else (s - h) // 2
+    left = (s - w) // 2
+    pad = [(0, 0)] * (array.ndim - 2) + [(top, s - h - top), (left, s - w - left)]
+    return np.pad(array, pad, constant_values=value)
+
+
+def smooth_random_field(
+    rng: np.random.Generator, shape: tuple[int, int], grid: tuple[int, int], channels: int = 1
+) -> np.ndarray:
+    """Smooth field (channels, *shape): N(0, 1) values on a coarse ``grid`` upsampled bicubically."""
+    coarse = torch.from_numpy(rng.standard_normal((1, channels, *grid)).astype(np.float32))
+    fine = F.interpolate(coarse, size=shape, mode="bicubic", align_corners=True)
+    return fine[0].numpy()
+
+
+def rng_for(*keys: int) -> np.random.Generator:
+    """Generator seeded from the integer tuple ``keys`` (NumPy SeedSequence): same keys, same stream."""
+    return np.random.default_rng([int(k) for k in keys])
+
+
+def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    """Path written: ``np.savez`` into a temporary file in the same folder, then ``os.replace`` onto ``path``.
+
+    A crash can leave a stray ``.tmp`` file but never a half-written ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Path written with ``text`` through a temporary file and ``os.replace`` (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_npz(path: str | os.PathLike, required: Iterable[str]) -> dict[str, np.ndarray]:
+    """Arrays of an .npz file as a dict; FileNotFoundError if absent, ValueError if unreadable or incomplete."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing file {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise ValueError(f"cannot read {path}: {err}") from err
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        raise ValueError(f"{path} lacks array(s) {', '.join(missing)}")
+    return arrays
+
+
+def try_cache(path: Path, required: Iterable[str]) -> dict[str, np.ndarray] | None:
+    """Cached arrays from ``path``, or None when the cache is absent or unreadable (it is then rebuilt)."""
+    try:
+        return load_npz(path, required)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def save_cache(path: Path, **arrays: np.ndarray) -> None:
+    """Write a cache file atomically; silently skip when the data root is not writable (caching is optional)."""
+    try:
+        atomic_save_npz(path, **arrays)
+    except OSError:
+        pass
+
+
+def label_fractions(labels: torch.Tensor, num_labels: int) -> list[float]:
+    """Fractions (num_labels,) of pixels holding each label value 0..num_labels-1 in ``labels``."""
+    counts = torch.bincount(labels.flatten().long(), minlength=num_labels)[:num_labels]
+    return (counts.double() / labels.numel()).tolist()
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run the body with one torch intra-op thread, restoring the previous count afterwards.
+
+    We generate items on one thread because an item is a few 192 x 160 tensors: forking work across threads
+    costs more than it saves, and on a busy 2-core machine it made generation 5x slower.
+    """
+    previous = torch.get_num_threads()
+    if previous == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -1,0 +1,492 @@
+"""Embedded echo data: ``echo2d-synthetic`` (generated cine loops with exact labels) and ``echo2d-clip`` (a real one).
+
+echo2d-synthetic models an apical view with the probe at the top: a sector of 80 degrees, the left ventricle
+(label 1 blood pool, label 2 myocardium) as a truncated ellipse whose wall is open at the mitral plane, the other
+chambers of the view as dark unlabelled cavities (2CH: left atrium; 3CH: left atrium and aortic outflow; 4CH:
+left atrium, right ventricle and right atrium), a bright pericardial line, textured surrounding tissue,
+multiplicative Rayleigh speckle that moves with the tissue and partly decorrelates from frame to frame (fully in
+blood), depth attenuation, near-field clutter and electronic noise. The cycle is ED -> ES -> ED: frame t is the
+ED frame warped by an analytic contraction field (cavity radial 30-45 %, longitudinal 10-20 % at ES; the base
+moves toward a nearly still apex, the wall keeps its area and thickens), so labels, images and the true ED-to-t
+field agree exactly (labels are warped with nearest, as the library does). ES is at 40 % of the sequence, the
+last frame is ED again.
+
+It omits: out-of-plane motion and probe motion, valves, trabeculae and papillary muscles, the other chambers'
+own contraction, twist, acoustic shadowing, reverberation, dropout of walls parallel to the beam and the depth
+dependence of the point-spread function. Its speckle is a statistical model, not an acoustic simulation.
+
+echo2d-clip is the apical four-chamber cine that ships with pydicom (``pydicom.examples.get_path("ybr_color")``,
+30 frames at 33 ms, about one beat). It has no labels; evaluate it with image similarity, folding and cycle
+consistency. It is one clip of one subject, so it has only a "test" split.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+
+from ..transform import warp
+from .common import (
+    SPLIT_CODES,
+    as_size,
+    check_positive_int,
+    check_split,
+    data_root,
+    evenly_spaced,
+    pad_to_square,
+    resize_images,
+    rng_for,
+    save_cache,
+    single_thread,
+    smooth_random_field,
+    try_cache,
+)
+from .sequences import SequencePairDataset
+
+VIEWS = ("2CH", "3CH", "4CH")
+ECHO_LABEL_NAMES = ("background", "lv_blood_pool", "lv_myocardium")
+SYNTHETIC_OPTIONS = ("seed", "num_sequences", "frames", "image_size", "num_pairs", "views")
+CLIP_OPTIONS = ("image_size", "frames", "num_pairs")
+DEFAULT_NUM_SEQUENCES = {"train": 30, "val": 9, "test": 9}
+SECTOR_HALF_ANGLE = math.radians(40.0)
+ES_FRACTION = 0.4  # systole takes about 40 % of a cycle at rest
+
+
+def contraction(t: int, frames: int) -> float:
+    """Contraction c in [0, 1] at frame ``t`` of ``frames``: 0 at ED (t = 0 and t = frames-1), 1 at ES."""
+    es = es_frame(frames)
+    if t <= es:
+        return 0.5 * (1.0 - math.cos(math.pi * t / es))
+    return 0.5 * (1.0 + math.cos(math.pi * (t - es) / (frames - 1 - es)))
+
+
+def es_frame(frames: int) -> int:
+    """Index of the end-systolic frame: round(0.4 * (frames - 1)), at least 1 and before the last frame."""
+    return min(max(1, round(ES_FRACTION * (frames - 1))), frames - 2)
+
+
+@dataclass(frozen=True)
+class HeartGeometry:
+    """One synthetic heart at ED in pixel units: LV apex, axes, size, contraction and the other cavities."""
+
+    view: str
+    size: int
+    apex: np.ndarray  # endocardial apex (row, col)
+    axis: np.ndarray  # unit vector apex -> base
+    normal: np.ndarray  # unit vector across the LV, toward the image's right
+    length: float  # endocardial apex to mitral plane
+    width: float  # endocardial half-width at the base
+    wall: float  # myocardial thickness at ED
+    alpha_long: float  # longitudinal shortening at ES (fraction)
+    alpha_radial: float  # radial shortening at ES (fraction)
+    cavities: tuple  # ((kind, centre, axis, half_length, half_width), ...) for unlabelled chambers
+
+
+def _unit(angle: float) -> np.ndarray:
+    return np.array([math.cos(angle), math.sin(angle)])
+
+
+def draw_geometry(rng: np.random.Generator, view: str, size: int) -> HeartGeometry:
+    """Random heart geometry for ``view`` ("2CH", "3CH", "4CH") in an image of ``size`` x ``size`` pixels."""
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; expected one of {', '.join(VIEWS)}")
+    s = size / 160.0
+    col_shift, tilt = {"2CH": ((-4, 4), (-6, 6)), "3CH": ((-8, -2), (-10, -2)), "4CH": ((2, 8), (2, 10))}[view]
+    tilt = math.radians(rng.uniform(*tilt))
+    axis = _unit(tilt)  # (row, col): tilt > 0 leans the base to the right
+    normal = np.array([-axis[1], axis[0]])
+    apex = np.array([rng.uniform(24, 32) * s, (size - 1) / 2 + rng.uniform(*col_shift) * s])
+    length, width, wall = rng.uniform(78, 92) * s, rng.uniform(19, 25) * s, rng.uniform(7.5, 10.5) * s
+    base = apex + axis * length
+    gap = 0.8 * wall  # atrioventricular plane tissue between ventricle and atrium
+    cavities = []
+    la_shift = -6 * s if view == "3CH" else 0.0
+    la_len = rng.uniform(20, 26) * s
+    cavities.append(
+        ("ellipse", base + axis * (gap + la_len) + normal * la_shift, axis, la_len, rng.uniform(20, 25) * s)
+    )
+    if view == "4CH":
+        rv_axis = _unit(tilt - math.radians(6))
+        rv_width = rng.uniform(13, 17) * s
+        rv_base = base - normal * (width + wall + 3 * s + rv_width)
+        cavities.append(("half", rv_base, rv_axis, rng.uniform(0.7, 0.8) * length, rv_width))
+        ra_len = rng.uniform(18, 22) * s
+        cavities.append(("ellipse", rv_base + rv_axis * (gap + ra_len), rv_axis, ra_len, 1.1 * rv_width))
+    if view == "3CH":
+        ao_axis = _unit(tilt + math.radians(50))
+        cavities.append(("ellipse", base + normal * (width + 6 * s) - axis * (4 * s), ao_axis, 22 * s, 8 * s))
+    return HeartGeometry(
+        view=view,
+        size=size,
+        apex=apex,
+        axis=axis,
+        normal=normal,
+        length=length,
+        width=width,
+        wall=wall,
+        alpha_long=rng.uniform(0.10, 0.20),
+        alpha_radial=rng.uniform(0.30, 0.45),
+        cavities=tuple(cavities),
+    )
+
+
+def _grid(size: int) -> np.ndarray:
+    return np.stack(np.meshgrid(np.arange(size, dtype=np.float64), np.arange(size, dtype=np.float64), indexing="ij"))
+
+
+def _local(points: np.ndarray, origin: np.ndarray, axis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rel = points - origin[:, None, None]
+    u = rel[0] * axis[0] + rel[1] * axis[1]
+    v = -rel[0] * axis[1] + rel[1] * axis[0]
+    return u, v
+
+
+def _half_ellipse(
+    points: np.ndarray, base: np.ndarray, axis: np.ndarray, half_length: float, half_width: float
+) -> np.ndarray:
+    # Apex side of an ellipse centred on the base point (u <= 0 points from the base toward the apex).
+    u, v = _local(points, base, axis)
+    return (u <= 0) & ((u / half_length) ** 2 + (v / half_width) ** 2 <= 1.0)
+
+
+def _ellipse(
+    points: np.ndarray, centre: np.ndarray, axis: np.ndarray, half_length: float, half_width: float
+) -> np.ndarray:
+    u, v = _local(points, centre, axis)
+    return (u / half_length) ** 2 + (v / half_width) ** 2 <= 1.0
+
+
+def ed_anatomy(geo: HeartGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """ED labels (H, W) uint8 (1 LV blood pool, 2 myocardium) and a mask (H, W) bool of all blood cavities."""
+    p = _grid(geo.size)
+    base = geo.apex + geo.axis * geo.length
+    endo = _half_ellipse(p, base, geo.axis, geo.length, geo.width)
+    epi = _half_ellipse(p, base, geo.axis, geo.length + geo.wall, geo.width + geo.wall)
+    band = 3.0 * geo.size / 160.0  # other cavities stay clear of the myocardium and pericardium
+    keep_out = _half_ellipse(p, base, geo.axis, geo.length + geo.wall + band, geo.width + geo.wall + band)
+    blood = endo.copy()
+    for kind, centre, axis, half_length, half_width in geo.cavities:
+        shape = _half_ellipse if kind == "half" else _ellipse
+        blood |= shape(p, centre, axis, half_length, half_width) & ~keep_out
+    labels = np.zeros((geo.size, geo.size), np.uint8)
+    labels[epi] = 2
+    labels[endo] = 1
+    return labels, blood
+
+
+def _radial_scale(rho: np.ndarray, c: float, alpha: float) -> np.ndarray:
+    # Factor k with ED radius = k * current radius. The cavity (inside the current endocardium) scales
+    # uniformly; outside it, rho0^2 = rho^2 + delta * taper(rho) keeps the area between any two contours
+    # (the wall is incompressible: it thickens as it shortens) and the taper stops the motion far away.
+    k_cavity = 1.0 + c * alpha
+    rho_endo = 1.0 / k_cavity
+    delta = 1.0 - rho_endo**2
+    s = np.clip((rho - 1.5) / (2.6 - 1.5), 0.0, 1.0)
+    taper = 1.0 - (3 * s**2 - 2 * s**3)
+    outside = np.sqrt(rho**2 + delta * taper) / np.maximum(rho, 1e-9)
+    return np.where(rho <= rho_endo, k_cavity, outside)
+
+
+def contraction_flow(geo: HeartGeometry, c: float) -> np.ndarray:
+    """Field (2, H, W) in pixels mapping each pixel of a frame with contraction ``c`` to its ED position (p + flow).
+
+    Around a centre on the long axis at 35 % of the length from the apex, a point's coordinates along and across
+    the axis are scaled by factors that depend on an elliptic radius rho (~1 on the ED endocardium): uniform
+    inside the cavity (1 + c * alpha), area-preserving in the wall (it thickens as the cavity shrinks), and
+    tapering to none beyond rho = 2.6. We choose this closed form (not a biomechanical model) because it is
+    invertible (no folding), exact at any frame, and gives the textbook picture of a base moving toward a
+    nearly still apex with a thickening wall.
+    """
+    p = _grid(geo.size)
+    centre = geo.apex + geo.axis * (0.35 * geo.length)
+    u, v = _local(p, centre, geo.axis)
+    a_u = np.where(u < 0, 0.35 * geo.length, 0.65 * geo.length)
+    rho = np.sqrt((u / a_u) ** 2 + (v / geo.width) ** 2)
+    u0 = u * _radial_scale(rho, c, geo.alpha_long)
+    v0 = v * _radial_scale(rho, c, geo.alpha_radial)
+    ed = centre[:, None, None] + geo.axis[:, None, None] * u0 + geo.normal[:, None, None] * v0
+    return (ed - p).astype(np.float32)
+
+
+def sector_geometry(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Depth from the probe (H, W) in pixels and the sector mask (H, W) bool of the apical view."""
+    p = _grid(size)
+    probe = np.array([3.0 * size / 160.0, (size - 1) / 2])
+    dr, dc = p[0] - probe[0], p[1] - probe[1]
+    depth = np.hypot(dr, dc)
+    inside = (depth <= 0.95 * size) & (np.abs(np.arctan2(dc, np.maximum(dr, 1e-9))) <= SECTOR_HALF_ANGLE) & (dr > 0)
+    return depth, inside
+
+
+def _speckle(rng: np.random.Generator, size: int) -> np.ndarray:
+    # Complex Gaussian field (2, H, W) with unit power, correlated over ~1 px in depth and ~2 px laterally.
+    s = size / 160.0
+    z = rng.standard_normal((2, size, size))
+    z = np.stack([ndi.gaussian_filter(c, sigma=(0.7 * s, 1.5 * s)) for c in z])
+    return z / np.sqrt((z**2).sum(axis=0).mean())
+
+
+def make_echo_sequence(
+    seed: int | tuple[int, ...], view: str = "4CH", frames: int = 20, image_size: int = 160, ts: list[int] | None = None
+) -> dict[str, Any]:
+    """Cine dict: "frames" (T, 1, S, S) float in [0, 1], "labels" (T, 1, S, S) int64, "flows" (T, 2, S, S), "es_frame".
+
+    ``flows[t]`` is the true field of the pair (frame 0 -> frame t): ``frames[0]`` sampled at p + flows[t](p)
+    gives frame t's anatomy. With ``ts`` only those frames are made (in that order), which is how dataset
+    items stay cheap. Deterministic in (seed, view, frames, image_size).
+    """
+    with single_thread():
+        return _make_echo_sequence(seed, view, frames, image_size, ts)
+
+
+def _make_echo_sequence(
+    seed: int | tuple[int, ...], view: str, frames: int, image_size: int, ts: list[int] | None
+) -> dict[str, Any]:
+    frames = check_positive_int(frames, "frames", minimum=3)
+    size = check_positive_int(image_size, "image_size", minimum=32)
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; expected one of {', '.join(VIEWS)}")
+    keys = tuple(seed) if isinstance(seed, tuple) else (seed,)
+    rng = rng_for(*keys, VIEWS.index(view))
+    geo = draw_geometry(rng, view, size)
+    labels0, blood = ed_anatomy(geo)
+
+    # Reflectivity at ED: textured tissue, brighter myocardium, a bright pericardial line, dark blood.
+    tissue = 0.32 * np.exp(0.25 * smooth_random_field(rng, (size, size), grid=(6, 6))[0])
+    myo = 0.62 * np.exp(0.12 * smooth_random_field(rng, (size, size), grid=(8, 8))[0])
+    p = _grid(size)
+    base = geo.apex + geo.axis * geo.length
+    band = 3.0 * size / 160.0  # pericardium just outside the epicardium
+    peri = _half_ellipse(p, base, geo.axis, geo.length + geo.wall + band, geo.width + geo.wall + band) & (labels0 == 0)
+    refl = np.where(peri, 0.85, tissue)
+    refl = np.where(labels0 == 2, myo, refl)
+    refl = np.where(blood, 0.04, refl)
+    refl = ndi.gaussian_filter(refl, sigma=1.0 * size / 160.0)
+    decorrelation = ndi.gaussian_filter(np.where(blood, 1.0, 0.12), sigma=1.0)
+    speckle0 = _speckle(rng, size)
+    attenuation = rng.uniform(0.5, 1.0)
+    clutter = rng.uniform(0.1, 0.3)
+    gain = rng.uniform(0.9, 1.2)
+    depth, sector = sector_geometry(size)
+    ramp = gain * np.exp(-attenuation * depth / size)
+    haze = clutter * np.exp(-depth / (12.0 * size / 160.0))
+
+    ed_stack = torch.from_numpy(np.stack([refl, speckle0[0], speckle0[1], decorrelation]).astype(np.float32))[None]
+    ed_labels = torch.from_numpy(labels0.astype(np.float32))[None, None]
+    ts = list(range(frames)) if ts is None else list(ts)
+    out_frames, out_labels, out_flows = [], [], []
+    for t in ts:
+        if not 0 <= t < frames:
+            raise ValueError(f"frame {t} out of range for a sequence of {frames} frames")
+        frng = rng_for(*keys, VIEWS.index(view), 1000 + t)  # per-frame speckle and noise, independent of ts
+        flow = torch.from_numpy(contraction_flow(geo, contraction(t, frames)))[None]
+        r, zr, zi, eps = warp(ed_stack, flow, mode="bilinear", padding_mode="border")[0].numpy()
+        fresh = _speckle(frng, size)
+        eps = np.clip(eps, 0.0, 1.0)
+        keep = np.sqrt(1.0 - eps)
+        envelope = np.hypot(keep * zr + np.sqrt(eps) * fresh[0], keep * zi + np.sqrt(eps) * fresh[1])
+        envelope /= math.sqrt(math.pi) / 2  # Rayleigh mean of unit-power speckle -> mean 1
+        image = (r * ramp + haze) * envelope + 0.02 * frng.standard_normal((size, size))
+        image = np.clip(image * sector, 0.0, 1.0).astype(np.float32)
+        lab = warp(ed_labels, flow, mode="nearest")[0].long() * torch.from_numpy(sector)
+        out_frames.append(torch.from_numpy(image)[None])
+        out_labels.append(lab)
+        out_flows.append(flow[0])
+    return {
+        "frames": torch.stack(out_frames),
+        "labels": torch.stack(out_labels),
+        "flows": torch.stack(out_flows),
+        "es_frame": es_frame(frames),
+        "view": view,
+    }
+
+
+class EchoSynthetic(SequencePairDataset):
+    """``echo2d-synthetic``: sequence i of a split has view ``views[i % len(views)]`` and is made from (seed, split, i).
+
+    ``sequence(i)`` adds "flows" (T, 2, H, W), the true ED-to-t fields, and "es_frame" to the base class's keys.
+    """
+
+    name = "echo2d-synthetic"
+    has_labels = True
+    label_names = ECHO_LABEL_NAMES
+    num_labels = len(ECHO_LABEL_NAMES)
+
+    def __init__(
+        self,
+        split: str,
+        seed: int = 0,
+        num_sequences: int | None = None,
+        frames: int = 20,
+        image_size: int = 160,
+        num_pairs: int | None = None,
+        views: tuple[str, ...] | list[str] = VIEWS,
+    ) -> None:
+        self.split = check_split(split, name=self.name)
+        self.seed = check_positive_int(seed, "seed", minimum=0)
+        n = (
+            DEFAULT_NUM_SEQUENCES[split]
+            if num_sequences is None
+            else check_positive_int(num_sequences, "num_sequences")
+        )
+        self.frames = check_positive_int(frames, "frames", minimum=3)
+        size = as_size(image_size)
+        if size[0] != size[1] or size[0] < 32:
+            raise ValueError(f"echo2d-synthetic images are square and at least 32 px, got image_size={image_size!r}")
+        self.image_size = size
+        views = (views,) if isinstance(views, str) else tuple(views)
+        bad = [v for v in views if v not in VIEWS]
+        if bad or not views:
+            raise ValueError(f"views must be a non-empty subset of {', '.join(VIEWS)}, got {views!r}")
+        self.views = views
+        self._num_frames = [self.frames] * n
+        self._init_pairs(num_pairs)
+
+    def _keys(self, i: int) -> tuple[int, int, int]:
+        return (self.seed, SPLIT_CODES[self.split], i)
+
+    def _meta(self, i: int) -> dict[str, Any]:
+        return {"view": self.views[i % len(self.views)], "subject": f"echo-s{self.seed}-{self.split}-{i:03d}"}
+
+    def _frames(self, i: int, ts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        seq = make_echo_sequence(self._keys(i), self._meta(i)["view"], self.frames, self.image_size[0], ts)
+        return seq["frames"], seq["labels"]
+
+    def sequence(self, i: int) -> dict[str, Any]:
+        """Sequence ``i``: "frames", "labels" (T, 1, H, W), "flows" (T, 2, H, W), "es_frame", "view", "subject"."""
+        self._check_sequence(i)
+        seq = make_echo_sequence(self._keys(i), self._meta(i)["view"], self.frames, self.image_size[0])
+        seq.update(self._meta(i))
+        return seq
+
+
+# --- the real clip -------------------------------------------------------------------------------------------
+
+_CLIP_CACHE = "echo2d_clip_ybr_color_v2.npz"
+
+
+def _region_box(ds: Any, rows: int, cols: int) -> tuple[int, int, int, int]:
+    """(row0, row1, col0, col1) of the first ultrasound region, rescaled when it was given for a larger frame."""
+    regions = ds.get("SequenceOfUltrasoundRegions")
+    if not regions:
+        raise ValueError("the DICOM has no SequenceOfUltrasoundRegions to crop to")
+    r = regions[0]
+    x0, y0 = int(r.RegionLocationMinX0), int(r.RegionLocationMinY0)
+    x1, y1 = int(r.RegionLocationMaxX1), int(r.RegionLocationMaxY1)
+    # pydicom's example was downsampled 2x after acquisition but kept the original region coordinates; the
+    # smallest integer factor that puts the region inside the stored frame undoes that.
+    factor = 1
+    while x1 // factor >= cols or y1 // factor >= rows:
+        factor += 1
+        if factor > 8:
+            raise ValueError(f"ultrasound region {(x0, y0, x1, y1)} does not fit a {rows}x{cols} frame")
+    return y0 // factor, y1 // factor + 1, x0 // factor, x1 // factor + 1
+
+
+def convex_hull_mask(mask: np.ndarray) -> np.ndarray:
+    """Mask (H, W) bool of the pixels inside the convex hull of the True pixels of ``mask``."""
+    from scipy.spatial import ConvexHull, Delaunay
+
+    points = np.argwhere(mask).astype(np.float64)
+    if len(points) < 3:
+        raise ValueError("need at least 3 pixels to take a convex hull")
+    hull = Delaunay(points[ConvexHull(points).vertices])
+    grid = np.indices(mask.shape).reshape(2, -1).T
+    return (hull.find_simplex(grid) >= 0).reshape(mask.shape)
+
+
+def build_echo_clip(size: int = 160) -> dict[str, np.ndarray]:
+    """pydicom's A4C cine: "frames" (30, size, size) float32 in [0, 1] and "frame_time_ms" (scalar).
+
+    Steps: decode (JPEG baseline through Pillow), convert to grey (luma of RGB), crop to the ultrasound region,
+    keep the sector (convex hull of the largest bright component of the temporal maximum, which drops the depth
+    scale and text overlays), crop to it, pad to a square with the probe at the top, resize. We choose one
+    intensity scale for the whole clip (its 99.5th percentile inside the sector -> 1) because per-frame
+    scaling would fake brightness changes between frames.
+    """
+    import pydicom
+    from pydicom import examples
+
+    ds = pydicom.dcmread(examples.get_path("ybr_color"))
+    rgb = ds.pixel_array  # pydicom converts YBR_FULL_422 to RGB
+    if rgb.ndim != 4 or rgb.shape[-1] != 3:
+        raise ValueError(f"expected a colour cine (T, H, W, 3), got {rgb.shape}")
+    grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    r0, r1, c0, c1 = _region_box(ds, *grey.shape[1:])
+    grey = grey[:, r0:r1, c0:c1]
+    bright = ndi.uniform_filter(grey.max(axis=0), 5) > 12
+    components, n = ndi.label(bright)
+    if n == 0:
+        raise ValueError("no ultrasound sector found in the clip")
+    largest = 1 + int(np.argmax(ndi.sum(bright, components, range(1, n + 1))))
+    sector = convex_hull_mask(components == largest)
+    rows, cols = np.nonzero(sector)
+    box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    grey = grey[:, box[0], box[1]] * sector[box]
+    scale = np.percentile(grey[:, sector[box]], 99.5)
+    grey = pad_to_square(np.clip(grey / scale, 0.0, 1.0), top_align=True)
+    frames = resize_images(torch.from_numpy(grey)[:, None], (size, size))[:, 0].numpy()
+    return {"frames": frames.astype(np.float32), "frame_time_ms": np.float32(ds.get("FrameTime", 33.333))}
+
+
+def load_echo_clip(cache: bool = True) -> dict[str, np.ndarray]:
+    """The clip of :func:`build_echo_clip` at 160 x 160, read from ``<data root>/cache`` when cached."""
+    path = data_root() / "cache" / _CLIP_CACHE
+    if cache:
+        arrays = try_cache(path, ("frames", "frame_time_ms"))
+        if arrays is not None and arrays["frames"].shape[1:] == (160, 160):
+            return arrays
+    arrays = build_echo_clip(160)
+    if cache:
+        save_cache(path, **arrays)
+    return arrays
+
+
+class EchoClip(SequencePairDataset):
+    """``echo2d-clip``: one unlabelled A4C sequence (split "test" only); items pair frame 0 with frame t.
+
+    ``frames`` keeps that many frames, evenly spaced and always including frame 0; ``sequence(0)`` adds
+    "frame_time_ms" (mean time between kept frames).
+    """
+
+    name = "echo2d-clip"
+    has_labels = False
+
+    def __init__(
+        self, split: str, image_size: int = 160, frames: int | None = None, num_pairs: int | None = None
+    ) -> None:
+        if split in ("train", "val"):
+            raise ValueError(
+                "echo2d-clip is a single unlabelled clip of one subject, so it has only a 'test' split; "
+                "train on 'echo2d-synthetic' (or 'camus') and evaluate here"
+            )
+        self.split = check_split(split, ("test",), name=self.name)
+        size = as_size(image_size)
+        if size[0] != size[1]:
+            raise ValueError(f"echo2d-clip images are square, got image_size={image_size!r}")
+        clip = load_echo_clip()
+        video = torch.from_numpy(clip["frames"])[:, None]
+        keep = evenly_spaced(len(video), None if frames is None else check_positive_int(frames, "frames", minimum=2))
+        self._video = resize_images(video[keep], size)
+        # Mean time between kept frames (evenly spaced indices may differ by one frame).
+        self.frame_time_ms = float(clip["frame_time_ms"]) * (keep[-1] - keep[0]) / max(len(keep) - 1, 1)
+        self.image_size = size
+        self._num_frames = [len(keep)]
+        self._init_pairs(num_pairs)
+
+    def _meta(self, i: int) -> dict[str, Any]:
+        return {"view": "4CH", "subject": "pydicom-ybr_color"}
+
+    def _frames(self, i: int, ts: list[int]) -> tuple[torch.Tensor, None]:
+        return self._video[ts].clone(), None
+
+    def sequence(self, i: int) -> dict[str, Any]:
+        """The clip: "frames" (T, 1, H, W), "view", "subject", "frame_time_ms" (no labels)."""
+        out = super().sequence(i)
+        out["frame_time_ms"] = self.frame_time_ms
+        return out
