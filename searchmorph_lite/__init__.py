@@ -16,6 +16,7 @@ from .iterator import ConvGRU, DeformationFieldIterator
 from .losses import grad_l2_loss, lncc_loss, local_ncc, mse_loss, registration_loss
 from .metrics import dice, folding_ratio, jacobian_determinant
 from .model import RegistrationResult, SearchMorph, SearchMorphConfig
+from .pretrained import available_pretrained, load_pretrained
 from .transform import SpatialTransformer, identity_grid, upsample_flow, warp
 
 __version__ = "0.1.0"
@@ -32,6 +33,7 @@ __all__ = [
     "UNetTrunk",
     "VoxelMorph",
     "VoxelMorphConfig",
+    "available_pretrained",
     "bilinear_sample",
     "build_model",
     "correlation_pyramid",
@@ -45,6 +47,7 @@ __all__ = [
     "jacobian_determinant",
     "lncc_loss",
     "load_checkpoint",
+    "load_pretrained",
     "local_ncc",
     "mse_loss",
     "normalize_intensity",

@@ -1,0 +1,47 @@
+"""Pretrained models shipped inside the package: ``load_pretrained(name)``.
+
+Each ``<name>.pt`` here is a checkpoint written by ``save_checkpoint`` (state dict + config + metadata: data,
+training config, epochs, wall time, hardware, validation metrics); ``MODEL_CARD.md`` describes them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+PRETRAINED = {
+    "brain2d": "SearchMorph",
+    "echo2d": "SearchMorph",
+    "brain2d-voxelmorph": "VoxelMorph",
+    "echo2d-voxelmorph": "VoxelMorph",
+}
+
+
+def pretrained_path(name: str) -> Path:
+    """Path of the shipped checkpoint ``name`` (which may not exist in a development checkout)."""
+    if name not in PRETRAINED:
+        raise ValueError(f"unknown pretrained model {name!r}; available: {', '.join(PRETRAINED)}")
+    return Path(__file__).with_name(f"{name}.pt")
+
+
+def available_pretrained() -> list[str]:
+    """Names of the pretrained models whose checkpoint file is present."""
+    return [name for name in PRETRAINED if pretrained_path(name).is_file()]
+
+
+def load_pretrained(name: str, device: str | torch.device | None = None) -> nn.Module:
+    """The pretrained model ``name`` ("brain2d", "echo2d", "brain2d-voxelmorph", "echo2d-voxelmorph") in eval mode.
+
+    Loaded with ``torch.load(weights_only=True)``; ``model.metadata`` holds its model card entries.
+    """
+    from ..checkpoint import load_checkpoint
+
+    path = pretrained_path(name)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"pretrained model {name!r} is not in this installation ({path}); train it with "
+            f"`python -m searchmorph_lite train --config configs/...` or install a release that ships it"
+        )
+    return load_checkpoint(path, expected_model=PRETRAINED[name], device=device)
