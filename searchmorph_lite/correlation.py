@@ -157,6 +157,8 @@ def search_pyramid(pyramid: list[torch.Tensor], flow: torch.Tensor, radius: int)
 
     For moving-grid pixel p and level l, level l of p's correlation map is sampled bilinearly at
     (p + flow(p)) / 2^l + d for every diamond offset d (``diamond_offsets`` order), zero outside the map.
+    Like RAFT, x / 2^l puts pooled block k at its first fine pixel, not its centre: level l reads
+    (2^l - 1) / 2 fine pixels off, the same shift everywhere, which the network absorbs in training.
     """
     if not isinstance(pyramid, (list, tuple)) or len(pyramid) == 0:
         raise ValueError("pyramid must be a non-empty list of correlation volumes")

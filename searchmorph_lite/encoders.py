@@ -7,7 +7,9 @@ h(M) and h(F), the context encoder ends in 32 channels, and features live at 1/2
 The paper does not say what the trunk sees. We read "split the 8-channel map into two 4-channel maps" literally
 (``joint=True``): the trunk sees the pair [M, F] stacked as channels and its feature head emits 2 * feature_dim
 channels, the first half h(M), the second h(F). With ``joint=False`` (siamese, as RAFT) the trunk runs on each
-image alone, so h(M) depends on M only; the context head then sees both trunk outputs.
+image alone, so h(M) depends on M only (in eval mode: in training mode batch normalization pools statistics over
+the stacked M and F batch, so F still leaks into h(M) a little; RAFT uses instance norm there for this reason);
+the context head then sees both trunk outputs.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ class UNetTrunk(nn.Module):
         self.upsample = nn.Upsample(scale_factor=2, mode="bilinear" if ndim == 2 else "trilinear")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(n % self.size_multiple for n in x.shape[2:]):
+            raise ValueError(
+                f"UNetTrunk input size {tuple(x.shape[2:])} must be divisible by {self.size_multiple} "
+                f"({len(self.widths) - 1} downsamplings)"
+            )
         skips = []
         for block in self.down:
             x = block(x)

@@ -152,3 +152,10 @@ def test_voxelmorph_overfits_one_pair():
     torch.manual_seed(0)
     (loss0, dice0), (loss1, dice1) = _overfit(VoxelMorph(), steps=60)
     assert loss1 < 0.5 * loss0 and dice1 > dice0 + 0.1
+
+
+def test_unet_trunk_names_the_size_it_needs():
+    from searchmorph_lite import UNetTrunk
+
+    with pytest.raises(ValueError, match="divisible by 8"):
+        UNetTrunk(2)(torch.rand(1, 2, 100, 80))
