@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# The book's main job. Exits non-zero if any step fails.
+#   0. tools: chromium + chromedriver (Debian, installed if missing), the python3 kernel, and the widget JS,
+#      require.js and MathJax from the npm registry (.ci/offline_js.sh) into _build/offline_js.
+#   1. papermill (.ci/run_notebook.py): every notebooks/NN_*.ipynb in order, at the defaults of its `parameters`
+#      cell (the CI scale), into _build/executed/. Seconds per notebook go to the log and _build/notebook_times.tsv.
+#   2. nbval: pytest --nbval-lax on the stored (committed) notebooks: re-runs them and compares the cells marked
+#      "# NBVAL_CHECK_OUTPUT" with their stored outputs (notebooks/sanitize.cfg masks addresses and timings).
+#   3. build: the papermill outputs go into the book's jupyter-cache (.ci/cache_executed.py), then
+#      `jupyter-book build . --toc book/_toc.yml -W -n --keep-going`. With execute_notebooks: cache the build
+#      reuses this run's outputs instead of executing a third time; a notebook missing from the cache is executed
+#      by the build, and a failing cell or any warning fails it.
+#   4. browser: .ci/browser_check.py serves _build/html on 127.0.0.1 and checks every page in headless Chromium
+#      (figures, widgets, equations, no errors, no CDN); screenshots in _build/screenshots/.
+# Environment:
+#   BOOK_PARAMS="-p device cuda -p seed 1"   parameters for step 1, as papermill -p (default: none). A notebook run
+#       with injected parameters is not reused by the build (its code differs), so the book shows the defaults.
+#   BOOK_CELL_TIMEOUT=600   seconds a cell may run in steps 1 and 2 before it counts as failed (hung).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PYDEVD_DISABLE_FILE_VALIDATION=1
+unset MPLBACKEND  # the kernels must use matplotlib's inline backend, or figures vanish from the outputs
+BUILD=_build
+CELL_TIMEOUT=${BOOK_CELL_TIMEOUT:-600}
+START=$(date +%s)
+declare -A STAGE_SECONDS=()
+now() { date +%s.%N; }
+since() { python -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(now)"; }
+fail() { echo "book: FAILED: $*" >&2; summary; exit 1; }
+summary() {
+  echo "== stage seconds:"; for k in tools papermill nbval build browser; do
+    [ -n "${STAGE_SECONDS[$k]:-}" ] && printf '   %-10s %8s s\n' "$k" "${STAGE_SECONDS[$k]}"; done
+  echo "== total: $(( $(date +%s) - START )) s"
+}
+
+# 0. tools ---------------------------------------------------------------------------------------------------------
+t=$(now)
+echo "== 0/4 tools"
+if ! command -v chromium >/dev/null 2>&1 || [ ! -x /usr/bin/chromedriver ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+    || fail "apt-get install -y chromium chromium-driver"
+fi
+if ! command -v npm >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null) || fail "apt-get install npm"
+fi
+python -c "import selenium, papermill, nbval, jupyter_book" || fail "python packages missing: pip install -r requirements.txt"
+jupyter kernelspec list 2>/dev/null | grep -qw python3 || python -m ipykernel install --user --name python3 \
+  || fail "installing the python3 kernel"
+bash .ci/offline_js.sh "$BUILD/offline_js" || fail "fetching widget JS / require.js / MathJax from npm"
+shopt -s nullglob
+notebooks=(notebooks/[0-9][0-9]_*.ipynb)
+[ ${#notebooks[@]} -gt 0 ] || fail "no notebooks/NN_*.ipynb found"
+STAGE_SECONDS[tools]=$(since "$t")
+
+# 1. papermill -----------------------------------------------------------------------------------------------------
+t=$(now)
+echo "== 1/4 papermill: ${#notebooks[@]} notebooks, CI-scale parameters${BOOK_PARAMS:+ + $BOOK_PARAMS}"
+rm -rf "$BUILD/executed" "$BUILD/.jupyter_cache"
+mkdir -p "$BUILD/executed"
+times="$BUILD/notebook_times.tsv"
+printf 'notebook\tseconds\tstatus\n' > "$times"
+read -r -a extra <<< "${BOOK_PARAMS:-}"
+failed=()
+for nb in "${notebooks[@]}"; do
+  name=$(basename "$nb" .ipynb)
+  t_nb=$(now)
+  # papermill with a fix for a lost asyncio wake-up that can stall a finished cell until its timeout
+  if python .ci/run_notebook.py "$nb" "$BUILD/executed/$name.ipynb" -k python3 --cwd notebooks \
+      --timeout "$CELL_TIMEOUT" "${extra[@]}" > "$BUILD/executed/$name.log" 2>&1; then
+    status=ok
+  else
+    status=FAILED
+    failed+=("$nb")
+  fi
+  secs=$(since "$t_nb")
+  printf '%s\t%s\t%s\n' "$nb" "$secs" "$status" >> "$times"
+  printf 'papermill %-42s %7s s  %s\n' "$nb" "$secs" "$status"
+  if [ "$status" != ok ]; then
+    grep -v "Kernel is running over TCP" "$BUILD/executed/$name.log" | tail -n 40 | sed 's/^/    | /'
+  fi
+done
+STAGE_SECONDS[papermill]=$(since "$t")
+echo "papermill: ${#failed[@]} failed; times in $times"
+
+# 2. nbval on the stored notebooks ---------------------------------------------------------------------------------
+t=$(now)
+echo "== 2/4 nbval (pytest --nbval-lax) on the stored notebooks"
+python -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout="$CELL_TIMEOUT" \
+  --sanitize-with notebooks/sanitize.cfg -p no:cacheprovider -q "${notebooks[@]}"
+nbval_status=$?
+STAGE_SECONDS[nbval]=$(since "$t")
+
+if [ ${#failed[@]} -gt 0 ]; then
+  fail "papermill failed for: ${failed[*]} (skipping the build: it would execute them again and fail)"
+fi
+
+# 3. build the HTML from this run's papermill outputs ----------------------------------------------------------------
+t=$(now)
+echo "== 3/4 jupyter-book build (execute_notebooks: cache, filled with the papermill outputs)"
+python .ci/cache_executed.py "$BUILD/executed" --cache "$BUILD/.jupyter_cache" --times "$times" \
+  || fail "caching the papermill outputs"
+jupyter-book build . --toc book/_toc.yml -W -n --keep-going > "$BUILD/book_build.log" 2>&1
+build_status=$?
+# The full log is in the file; the CI log gets warnings, errors, executions and the verdict.
+grep -E "WARNING|ERROR|Executing notebook|Executed notebook|build succeeded|build finished" \
+  "$BUILD/book_build.log" | grep -v "running over TCP" | sed 's/^/    | /'
+executed_by_build=$(grep -c "Executing notebook using" "$BUILD/book_build.log" || true)
+echo "build: exit $build_status; notebooks the build executed itself (cache misses): $executed_by_build"
+STAGE_SECONDS[build]=$(since "$t")
+[ "$build_status" -eq 0 ] || fail "jupyter-book build -W -n --keep-going (log: $BUILD/book_build.log)"
+
+# 4. browser check ---------------------------------------------------------------------------------------------------
+t=$(now)
+echo "== 4/4 browser check (headless Chromium, offline)"
+python .ci/browser_check.py "$BUILD/html" --toc book/_toc.yml --executed "$BUILD/executed" \
+  --screenshots "$BUILD/screenshots"
+browser_status=$?
+STAGE_SECONDS[browser]=$(since "$t")
+
+echo "== notebook seconds (papermill, CI scale):"
+awk -F'\t' '{ printf "   %-44s %8s  %s\n", $1, $2, $3 }' "$times"
+summary
+[ "$nbval_status" -eq 0 ] || { echo "book: FAILED: nbval (pytest exit $nbval_status)" >&2; exit 1; }
+[ "$browser_status" -eq 0 ] || { echo "book: FAILED: browser check" >&2; exit 1; }
+echo "book: OK"
