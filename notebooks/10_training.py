@@ -1,0 +1,413 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-papermill,-execution
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 10. Training
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/searchmorph-book/searchmorph-book/blob/main/notebooks/10_training.ipynb)
+#
+# SearchMorph learns without any ground-truth field: it is trained to make the warped moving image look like the
+# fixed one while keeping the field smooth (eq. 9), with Adam at a learning rate of $10^{-3}$ and batches of 8
+# (Sec. IV-C). Because the deformation-field iterator returns a field after *every* iteration, we also have to
+# decide which of them the loss sees; the paper does not say, and we follow RAFT's sequence loss. This chapter
+# writes that loss by hand and checks it against the library, writes one training step by hand and checks it
+# against `searchmorph_lite.train.train`, shows the configuration files and the command line, and then trains
+# SearchMorph and VoxelMorph with the same small budget on brain slices, so that chapters 11-13 know what a model
+# of a given budget can and cannot do. When the pretrained checkpoints are installed, their training history and
+# model card are shown too.
+
+# %%
+import sys, subprocess
+if "google.colab" in sys.modules:  # on Colab: install the book's library, keep Colab's torch
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "git+https://github.com/searchmorph-book/searchmorph-book"], check=True)
+
+import dataclasses
+import math
+import platform
+import tempfile
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+import searchmorph_lite as sm
+from searchmorph_lite.data import load_dataset
+from searchmorph_lite.pretrained import pretrained_path
+from searchmorph_lite.train import TrainConfig, registration_loss_all, seed_everything, train
+
+# %% tags=["parameters"]
+seed = 0
+device = "auto"
+threads = 1  # CPU threads for PyTorch: one is fastest for these small tensors, and steady on a busy machine
+use_pretrained = True  # show the shipped checkpoints' history and model card when they are installed
+image_size = (64, 48)  # brain2d size for the CI-scale runs; GPU scale: (192, 160), the paper's size
+train_pairs = 32  # training pairs per epoch; GPU scale: 400 (all of brain2d's train split)
+epochs = 6  # GPU scale: 100 or more (the paper trains 1500)
+batch_size = 4  # the paper's is 8 (GPU scale); 4 gives twice the Adam steps for the same CPU time
+val_pairs = 4  # validation pairs scored after every epoch; GPU scale: 40
+iteration_weight = 0.8  # gamma of the sequence loss (RAFT's value)
+
+# %%
+torch.manual_seed(seed)
+device = sm.default_device() if device == "auto" else torch.device(device)
+if threads:
+    torch.set_num_threads(threads)
+HARDWARE = (f"{platform.machine()} {platform.processor()}".strip() + f", torch {torch.__version__} on {device.type}"
+            + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
+               else f" with {torch.get_num_threads()} thread(s)"))
+
+# %% [markdown]
+# ## Eq. 9 and the sequence loss
+#
+# For one field $\phi$ the loss is a similarity term between the warped moving image and the fixed image, plus a
+# smoothness penalty on the field (chapter 3):
+#
+# $$\mathcal{L}(M, F, \phi) = \mathcal{L}_{sim}(\mathcal{T}(M, \phi), F) + \alpha \mathcal{L}_{reg}(\phi) \qquad (9)$$
+#
+# with $\mathcal{L}_{sim}$ = LNCC and $\alpha = 2$ for brain MR, MSE and $\alpha = 0.01$ for echocardiography.
+# SearchMorph returns $N$ fields $\phi_1, \dots, \phi_N$, one per iteration. Scoring only $\phi_N$ would leave the
+# early iterations without a direct signal; scoring all equally would ask $\phi_1$ to be as good as $\phi_N$. RAFT's
+# answer (Teed and Deng, 2020), which we adopt, weights them geometrically, the last one most, and we divide by the
+# weights' sum so that the loss stays on the scale of eq. 9:
+#
+# $$\mathcal{L}_{seq} = \frac{\sum_{i=1}^{N} \gamma^{N-i}\, \mathcal{L}(M, F, \phi_i)}{\sum_{i=1}^{N} \gamma^{N-i}},
+# \qquad \gamma = 0.8 .$$
+#
+# With $N = 4$ the weights are:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+n_iter = 4
+weights = [iteration_weight ** (n_iter - i) for i in range(1, n_iter + 1)]
+print("gamma^(N-i):", [round(w, 4) for w in weights], "| normalised:", [round(w / sum(weights), 4) for w in weights])
+
+# %% [markdown]
+# The smallest code that computes it: loop over the fields, warp, score eq. 9, weight.
+
+# %%
+def sequence_loss_naive(flows, moving, fixed, gamma, similarity="lncc", alpha=2.0):
+    """Weighted mean over iterations of eq. 9, with weights gamma^(N - i) for field i = 1..N."""
+    n = len(flows)
+    total, norm = 0.0, 0.0
+    for i, flow in enumerate(flows, start=1):
+        w = gamma ** (n - i)
+        total = total + w * sm.registration_loss(sm.warp(moving, flow), fixed, flow, similarity, alpha)
+        norm += w
+    return total / norm
+
+
+# %% [markdown]
+# To test it on fields that differ from one iteration to the next we take an untrained SearchMorph and give its
+# flow head's last layer large random weights (an untrained model otherwise starts at the identity, chapter 8),
+# then run it on a real brain pair.
+
+# %%
+pair = load_dataset("brain2d", "train", num_pairs=1, image_size=image_size)[0]
+moving, fixed = pair["moving"][None].to(device), pair["fixed"][None].to(device)
+lively = sm.SearchMorph(sm.SearchMorphConfig(radius=3, iterations=n_iter)).to(device).eval()
+torch.nn.init.normal_(lively.iterator.flow_head[-1].weight, std=0.5)
+with torch.no_grad():
+    result = lively(moving, fixed)
+cfg = TrainConfig(similarity="lncc", alpha=2.0, iteration_weight=iteration_weight)
+naive = sequence_loss_naive(result.flows, moving, fixed, iteration_weight)
+library = registration_loss_all(result, moving, fixed, cfg)
+assert torch.allclose(naive, library, atol=1e-6)
+print("max |naive - library| =", f"{(naive - library).abs().item():.2e}")
+
+# %% [markdown]
+# From now on `registration_loss_all(result, moving, fixed, cfg)` computes it. With `iteration_weight=0` only the
+# last field counts; with 1 all count equally.
+#
+# ## One training step, by hand
+#
+# Training is the usual loop: a batch of pairs, the model's fields, the loss, its gradient, an Adam step. The
+# library's `train(cfg, out_dir)` does exactly this, epoch after epoch, reshuffling the pairs with a generator
+# seeded by `seed + epoch`, and writes `out_dir/checkpoint.pt` after every epoch. We check that claim on the
+# smallest case that cannot depend on the shuffling: 8 pairs in one batch of 8, so one epoch is one step, and two
+# epochs must give the same two losses as two Adam steps by hand (VoxelMorph, whose steps take a fraction of a
+# second).
+
+# %%
+def adam_steps_by_hand(cfg: TrainConfig, steps: int) -> list[float]:
+    """Losses of ``steps`` Adam steps on the whole training set as one batch, written out."""
+    seed_everything(cfg.seed)  # what train() does first: the model's initial weights depend on it
+    data = load_dataset(cfg.dataset, "train", **cfg.dataset_options)
+    model = sm.build_model(cfg.model, cfg.model_config).to(device).train()
+    adam = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    batch = next(iter(DataLoader(data, batch_size=len(data))))
+    m, f = batch["moving"].to(device), batch["fixed"].to(device)
+    losses = []
+    for _ in range(steps):
+        loss = registration_loss_all(model(m, f), m, f, cfg)  # eq. 9 over the iterations' fields
+        adam.zero_grad()
+        loss.backward()
+        adam.step()
+        losses.append(loss.item())
+    return losses
+
+
+# %%
+small = TrainConfig(dataset="brain2d", dataset_options={"num_pairs": 8, "image_size": image_size, "seed": seed},
+                    model="VoxelMorph", similarity="lncc", alpha=2.0, epochs=2, batch_size=8, seed=seed, val_pairs=0)
+smoke_dir = Path(tempfile.mkdtemp()) / "smoke"
+by_hand = adam_steps_by_hand(small, steps=2)
+history = train(small, smoke_dir, device=device, progress=False)
+assert np.allclose(by_hand, history["loss"], rtol=1e-5)
+print("losses of 2 steps: by hand", [f"{v:.6f}" for v in by_hand], "| train():",
+      [f"{v:.6f}" for v in history["loss"]])
+
+# %% [markdown]
+# The checkpoint holds the model's kind and config, its weights, the optimizer state, the epoch and the history,
+# and loads with `torch.load(weights_only=True)`. `train(..., resume=True)` continues from it; raising `epochs`
+# from 2 to 3 runs just the third epoch:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+ckpt = sm.read_checkpoint(smoke_dir / "checkpoint.pt")
+print("checkpoint keys:", sorted(ckpt), "| epoch", ckpt["epoch"])
+resumed = train(dataclasses.replace(small, epochs=3), smoke_dir, resume=True, device=device, progress=False)
+print("after resume: epochs", resumed["epoch"], "| epochs 1-2 kept:", resumed["loss"][:2] == history["loss"])
+
+# %% [markdown]
+# ## The configuration and the command line
+#
+# A run is one frozen `TrainConfig`: data (`dataset`, `dataset_options`), model (`model`, `model_config`), loss
+# (`similarity`, `alpha`, `iteration_weight`) and optimisation (`epochs`, `batch_size`, `lr`, `seed`). The four
+# files in `configs/` hold the paper's settings (Sec. IV-C): LNCC with $\alpha = 2$ and search radius 3 for brain
+# MR, MSE with $\alpha = 0.01$ and radius 2 for echocardiography, 4 iterations, Adam $10^{-3}$, batch 8. Here is
+# the brain one, built in code; when the repository is checked out we also read the YAML file and compare.
+
+# %%
+brain_sm = TrainConfig(dataset="brain2d", model="SearchMorph", model_config={"radius": 3, "iterations": 4},
+                       similarity="lncc", alpha=2.0, epochs=10, batch_size=8, lr=1e-3, seed=0)
+yaml_path = Path("../configs/brain2d_searchmorph.yaml")
+if yaml_path.is_file():  # a checkout of the repository (on Colab the package comes without configs/)
+    assert TrainConfig.from_file(yaml_path) == brain_sm
+    print(yaml_path.read_text())
+for f in dataclasses.fields(brain_sm):
+    print(f"{f.name:>16} = {getattr(brain_sm, f.name)!r}")
+
+# %% [markdown]
+# The same runs from a shell (the `--resume` flag continues an interrupted run from `runs/brain2d/checkpoint.pt`,
+# `--epochs` overrides the file, `--max-steps` makes a smoke run):
+#
+# ```bash
+# python -m searchmorph_lite train --config configs/brain2d_searchmorph.yaml --out runs/brain2d
+# python -m searchmorph_lite train --config configs/brain2d_searchmorph.yaml --out runs/brain2d --resume --epochs 20
+# python -m searchmorph_lite evaluate --checkpoint runs/brain2d/checkpoint.pt --dataset brain2d --split test
+# ```
+#
+# ## SearchMorph and VoxelMorph, same data, same budget
+#
+# Now a real (small) run of both models with the paper's brain loss: `train_pairs` pairs of `image_size`, `epochs`
+# epochs of batches of `batch_size`. After every epoch `train` scores `val_pairs` validation pairs (mean Dice over
+# the three tissue labels, and % folding). The budget is set in the parameters cell; its default, a few dozen
+# optimizer steps, is chosen to run in under a minute on a shared CPU: a tiny fraction of the paper's training.
+
+# %%
+def ci_config(model: str, model_config: dict) -> TrainConfig:
+    """The CI-scale brain2d run of this chapter: paper loss (LNCC, alpha 2), budget from the parameters cell."""
+    return TrainConfig(dataset="brain2d", dataset_options={"num_pairs": train_pairs, "image_size": image_size,
+                                                           "seed": seed},
+                       model=model, model_config=model_config, similarity="lncc", alpha=2.0,
+                       iteration_weight=iteration_weight, epochs=epochs, batch_size=batch_size, lr=1e-3, seed=seed,
+                       val_pairs=val_pairs)
+
+
+run_dir = Path(tempfile.mkdtemp())
+runs = {}
+for name, model_config in (("SearchMorph", {"radius": 3, "iterations": 4}), ("VoxelMorph", {})):
+    runs[name] = train(ci_config(name, model_config), run_dir / name, device=device, progress=False)
+models = {name: sm.load_checkpoint(run_dir / name / "checkpoint.pt", device=device) for name in runs}
+
+# %% [markdown]
+# Where would a model that does nothing land? The identity's Dice on the same validation pairs is the floor that
+# training has to beat:
+
+# %%
+val_set = load_dataset("brain2d", "val", image_size=image_size, seed=seed)
+val_items = [val_set[i] for i in range(val_pairs)]
+identity_dice = float(np.nanmean([sm.dice(it["moving_labels"][None], it["fixed_labels"][None], [1, 2, 3]).numpy()
+                                  for it in val_items]))
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
+for name, h in runs.items():
+    axes[0].plot(h["epoch"], h["loss"], "o-", label=name)
+    axes[1].plot(h["epoch"], h["val_dice"], "o-", label=name)
+axes[1].axhline(identity_dice, color="gray", ls="--", label="identity (no registration)")
+axes[0].set(xlabel="epoch", ylabel="training loss (eq. 9, sequence-weighted)", title="Training loss")
+axes[1].set(xlabel="epoch", ylabel="mean Dice (CSF/other, GM, WM)", title=f"Validation Dice ({val_pairs} pairs)")
+for ax in axes:
+    ax.legend()
+    ax.xaxis.get_major_locator().set_params(integer=True)
+fig.suptitle(f"brain2d {image_size[0]} x {image_size[1]}, {train_pairs} pairs x {epochs} epochs, batch {batch_size}")
+plt.show()
+
+# %% [markdown]
+# The numbers behind the curves, and what they allow us to say, computed from them:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+with torch.no_grad():  # the largest displacement each model produces on the validation pairs
+    reach = {name: max(model(it["moving"][None].to(device), it["fixed"][None].to(device)).flow.abs().max().item()
+                       for it in val_items) for name, model in models.items()}
+print(f"budget: brain2d {image_size[0]} x {image_size[1]}, {train_pairs} pairs x {epochs} epochs, batch {batch_size}"
+      f" = {epochs * math.ceil(train_pairs / batch_size)} Adam steps per model, trained in this run")
+for name, h in runs.items():
+    print(f"{name:<12} loss {h['loss'][0]:.4f} -> {h['loss'][-1]:.4f} | val Dice {h['val_dice'][-1]:.4f} "
+          f"| val folding {h['val_folding'][-1]:.4f} %")
+print(f"{'identity':<12} val Dice {identity_dice:.4f}")
+for name, h in runs.items():
+    g = h["val_dice"][-1] - identity_dice
+    verdict = "above" if g > 0.005 else "below" if g < -0.005 else "within 0.005 of"
+    print(f"{name}: loss fell by {h['loss'][0] - h['loss'][-1]:.4f}; val Dice ends {verdict} the identity "
+          f"({round(g, 4) + 0.0:+.4f}); largest displacement on the val pairs {reach[name]:.2f} px"
+          + (" (under half a pixel: nearest-neighbour label warping moves no label, so Dice cannot change yet)."
+             if reach[name] < 0.5 else "."))
+
+# %% [markdown]
+# The lines above are generated from the numbers, so they stay true whatever the parameters are. What to expect:
+# a network that starts at the identity needs many steps to learn fields of several pixels. Its loss falls through
+# sub-pixel shifts before a single label moves (nearest-neighbour warping leaves labels in place below half a
+# pixel), and early on its Dice can even dip below the identity's before it rises. With a few dozen steps a model
+# has only started; which one starts faster is a real, but different, question from which one ends better. This
+# is the honest scale of a CI run, and chapters 11-13 report their own numbers the same way.
+#
+# ## Speed, and what a full run costs
+#
+# Training speed in pairs per second, from the epoch times of these runs (the loop only, without validation; on a
+# shared machine these vary from run to run):
+
+# %%
+speed = {name: train_pairs / float(np.median(h["seconds"])) for name, h in runs.items()}
+for name, pps in speed.items():
+    print(f"{name:<12} {pps:6.2f} training pairs/s at {image_size[0]} x {image_size[1]} on {HARDWARE}")
+print(f"SearchMorph trains {speed['VoxelMorph'] / speed['SearchMorph']:.1f}x slower than VoxelMorph per pair here")
+
+# %% [markdown]
+# Cost grows roughly with the number of pixels, so these rates give a first estimate of a full run at the paper's
+# size. The paper trains 1500 epochs; on a GPU (Colab's T4 or better) a few hundred epochs of brain2d's 400 pairs
+# are a matter of hours. For a GPU run, set in the parameters cell `image_size = (192, 160)`, `train_pairs = 400`,
+# `epochs = 100` (or more), `val_pairs = 40`, or use the command line with `configs/brain2d_searchmorph.yaml` and
+# `--epochs`.
+
+# %%
+scale = (192 * 160) / (image_size[0] * image_size[1])
+for name, pps in speed.items():
+    hours = 400 * 100 * scale / pps / 3600
+    print(f"{name:<12} 400 pairs x 100 epochs at 192 x 160 on this device: about {hours:.0f} h "
+          f"(rough: pixel-count scaling of this run's rate)")
+
+# %% [markdown]
+# ## The sequence loss at work
+#
+# Which iterations does the trained SearchMorph improve? We score eq. 9 for each of its four fields on a
+# validation pair; the bars' colours show the weight each one gets in the loss.
+
+# %%
+item = val_items[0]
+m_val, f_val = item["moving"][None].to(device), item["fixed"][None].to(device)
+with torch.no_grad():
+    res = models["SearchMorph"](m_val, f_val)
+per_iter = [sm.registration_loss(sm.warp(m_val, fl), f_val, fl, "lncc", 2.0).item() for fl in res.flows]
+identity_loss = sm.registration_loss(m_val, f_val, torch.zeros_like(res.flow), "lncc", 2.0).item()
+fig, ax = plt.subplots(figsize=(6, 3.6))
+bars = ax.bar(range(1, n_iter + 1), [v - identity_loss for v in per_iter],
+              color=plt.cm.Blues([0.4 + 0.6 * w / max(weights) for w in weights]))
+ax.axhline(0, color="k", lw=0.8)
+ax.set(xlabel="iteration i", ylabel="eq. 9 of phi_i  minus  eq. 9 of identity",
+       title="Loss of each iteration's field (lower is better)", xticks=range(1, n_iter + 1))
+plt.show()
+
+# %% [markdown]
+# ## The pretrained models: history and model card
+#
+# The checkpoints that ship with the package (`searchmorph_lite/pretrained/*.pt`) were trained with the same
+# `train` on the lead's machine; their metadata says on what data, for how long, on which hardware. When they are
+# installed (and `use_pretrained` is on) we plot their stored history here.
+
+# %%
+shipped = sm.available_pretrained() if use_pretrained else []
+print("pretrained checkpoints installed:", shipped or "none (this installation ships no .pt files yet)")
+cards = {}
+for name in shipped:
+    raw = sm.read_checkpoint(pretrained_path(name))
+    meta = dict(raw.get("metadata", {}))
+    cards[name] = {"model": raw["model"], "history": raw.get("history") or meta.pop("history", None), **meta}
+for name, card in cards.items():
+    print(f"\n{name} ({card['model']}):")
+    for key, value in card.items():
+        if key not in ("history", "model"):
+            print(f"  {key}: {value}")
+
+# %%
+with_history = {n: c["history"] for n, c in cards.items() if c.get("history")}
+if with_history:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
+    for name, h in with_history.items():
+        axes[0].plot(h["epoch"], h["loss"], label=name)
+        if h.get("val_dice"):
+            axes[1].plot(h["epoch"], h["val_dice"], label=name)
+    axes[0].set(xlabel="epoch", ylabel="training loss", title="Pretrained: training loss")
+    axes[1].set(xlabel="epoch", ylabel="validation mean Dice", title="Pretrained: validation Dice")
+    for ax in axes:
+        ax.legend()
+    plt.show()
+else:
+    print("no stored history to plot")
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Train SearchMorph with `iteration_weight=0` (only the last field is scored) and with `1` (all equal), with the
+#    same budget, and compare the bar chart of per-iteration losses above. What changes for the early fields?
+#
+# ````{dropdown} Solution
+# ```python
+# for gamma in (0.0, 1.0):
+#     cfg_g = dataclasses.replace(ci_config("SearchMorph", {"radius": 3, "iterations": 4}), iteration_weight=gamma)
+#     train(cfg_g, run_dir / f"gamma{gamma}", device=device, progress=False)
+#     model_g = sm.load_checkpoint(run_dir / f"gamma{gamma}" / "checkpoint.pt", device=device)
+#     with torch.no_grad():
+#         flows = model_g(m_val, f_val).flows
+#     print(gamma, [round(sm.registration_loss(sm.warp(m_val, fl), f_val, fl).item(), 4) for fl in flows])
+# ```
+# With $\gamma = 0$ nothing asks the early fields to be good on their own, and with enough training they are
+# typically worse than with $\gamma = 0.8$ while the last one is about as good; with $\gamma = 1$ the early fields
+# are pushed hardest. At the CI budget all four losses stay close to each other: run it with a larger budget.
+# ````
+#
+# 2. Why does the normalisation by $\sum_i \gamma^{N-i}$ matter when you compare `alpha` across models with a
+#    different number of iterations?
+#
+# ```{dropdown} Solution
+# Without it the loss of an $N$-iteration model is a sum of about $1/(1-\gamma)$ copies of eq. 9 (up to 5 for
+# $\gamma = 0.8$), so both the similarity and the smoothness terms, and their gradients, would be several times
+# larger than for VoxelMorph's single field. Adam is insensitive to a global scale, but the printed losses and any
+# learning-rate schedule would not be comparable; dividing keeps the loss on eq. 9's scale for every $N$.
+# ```
+#
+# ## What we built
+#
+# The sequence loss (eq. 9 over all iterations, weights $\gamma^{N-i}$), proved equal to `registration_loss_all`.
+# One Adam step by hand equal to `train`; configs, checkpoints, `--resume`, and the CLI.
+# A same-budget CI run of SearchMorph and VoxelMorph, its curves, its speed, and what a full run costs.
+#
+# [Next: 11. Brain MR evaluation](11_brain_evaluation.ipynb)
