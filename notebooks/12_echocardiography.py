@@ -285,7 +285,10 @@ plt.show()
 # the first column is the moving ED frame. Each following row is a method's warped ED frame at every $t$, with the
 # true endocardium of frame $t$ in grey and the method's warped ED endocardium in colour: where the two contours
 # part, the registration missed the wall. The last column shows each method's field at ES, coloured as in the
-# paper by its horizontal component (red: to the right, green: to the left), with arrows.
+# paper by its horizontal component (red: to the right, green: to the left), with arrows. Mind the sign: our field
+# lives on the ES frame and points from each ES pixel to where that tissue was at ED (the convention of `warp`), so
+# a wall that moves inward during systole shows the opposite colour to the paper's, whose colours describe the
+# motion itself.
 
 # %%
 def endocardium(ax, labels: torch.Tensor, color: str) -> None:
