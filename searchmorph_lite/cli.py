@@ -99,9 +99,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     summary["pairs"] = len(metrics["folding"])
     print(json.dumps(summary))
     if args.out:
-        tmp = Path(args.out).with_suffix(".tmp")
-        tmp.write_text(json.dumps(metrics, indent=1))
-        os.replace(tmp, args.out)
+        from .data.common import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(metrics, indent=1))
 
 
 def build_parser() -> argparse.ArgumentParser:
