@@ -106,13 +106,17 @@ class VoxelMorph(nn.Module):
 CLASSICAL = ("Affine", "SyN", "ElasticSyN", "Translation", "Rigid")
 
 
-def ants_register(moving, fixed, type_of_transform: str = "SyN", seed: int = 0, **kwargs):
+def ants_register(moving, fixed, type_of_transform: str = "SyN", seed: int | None = 1, **kwargs):
     """(warped (H, W), flow (2, H, W)) as numpy: ANTs registration (antspyx) in this project's flow convention.
 
     ``type_of_transform`` is one of ANTs' names ("Affine", "SyN", "ElasticSyN", ...). ANTs' forward transforms
     are composed into one displacement field on the fixed grid; with unit spacing, zero origin and identity
     direction its component k is the displacement along array axis k, which is exactly ``flow`` here
     (``warp(moving, flow)`` reproduces ANTs' warped image, which is what is returned). Needs ``pip install antspyx``.
+
+    ``seed`` (a positive integer) fixes ANTs' metric sampling: with one ITK thread (environment variable
+    ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1, read when ANTs first runs) a rerun repeats exactly; with more threads
+    results vary slightly. ``None`` seeds from the clock (ANTs does the same for seed 0, so 0 is refused).
     """
     import tempfile
 
@@ -122,6 +126,8 @@ def ants_register(moving, fixed, type_of_transform: str = "SyN", seed: int = 0, 
         raise ImportError("classical baselines need antspyx: pip install antspyx") from err
     from .inference import _to_2d_tensor
 
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 1):
+        raise ValueError(f"seed must be a positive integer or None (ANTs reads 0 as a clock seed), got {seed!r}")
     if type_of_transform not in CLASSICAL:
         raise ValueError(f"type_of_transform must be one of {CLASSICAL}, got {type_of_transform!r}")
     m = _to_2d_tensor(moving, "moving").numpy().astype("float32")
@@ -129,15 +135,17 @@ def ants_register(moving, fixed, type_of_transform: str = "SyN", seed: int = 0, 
     if m.shape != f.shape:
         raise ValueError(f"moving and fixed differ in shape: {m.shape} vs {f.shape}")
     m_img, f_img = ants.from_numpy(m), ants.from_numpy(f)
+    # antspyx 0.6 takes the seed of its metric sampling from ants.config (a random_seed argument is ignored);
+    # set it for this call only.
+    previous_seed = getattr(ants.config, "_random_seed", None)
     with tempfile.TemporaryDirectory() as tmp:
-        reg = ants.registration(
-            fixed=f_img,
-            moving=m_img,
-            type_of_transform=type_of_transform,
-            random_seed=seed,
-            outprefix=f"{tmp}/reg_",
-            **kwargs,
-        )
+        try:
+            ants.config._random_seed = seed
+            reg = ants.registration(
+                fixed=f_img, moving=m_img, type_of_transform=type_of_transform, outprefix=f"{tmp}/reg_", **kwargs
+            )
+        finally:
+            ants.config._random_seed = previous_seed
         composed = ants.apply_transforms(
             fixed=f_img, moving=m_img, transformlist=reg["fwdtransforms"], compose=f"{tmp}/composed_"
         )

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._checks import readable_mode
 from .baselines import VoxelMorph, VoxelMorphConfig
 from .model import SearchMorph, SearchMorphConfig
 
@@ -34,6 +35,7 @@ def atomic_save(obj: object, path: str | os.PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    readable_mode(tmp)
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)

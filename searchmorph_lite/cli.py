@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._checks import readable_mode
+
 
 def _load_nifti_2d(path: str):
     """(2D float array, nibabel image) from a NIfTI file; ValueError when unreadable or not 2D."""
@@ -44,6 +46,7 @@ def _write_outputs(items: list[tuple[str, object]]) -> None:
             fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=".tmp-", suffix=_nifti_suffix(path))
             os.close(fd)
             temps.append(tmp)
+            readable_mode(tmp)
             nib.save(img, tmp)
         for (path, _), tmp in zip(items, temps):
             os.replace(tmp, path)

@@ -1,5 +1,9 @@
+import os
 import sys
 from pathlib import Path
+
+# ANTs reads its thread count once, at its first registration; one thread makes seeded runs repeat exactly
+os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
 
 import pytest
 import torch

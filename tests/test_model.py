@@ -159,3 +159,12 @@ def test_unet_trunk_names_the_size_it_needs():
 
     with pytest.raises(ValueError, match="divisible by 8"):
         UNetTrunk(2)(torch.rand(1, 2, 100, 80))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"use_context": "no"}, {"use_search": 0}, {"iterations": 2.5}, {"radius": True}, {"widths": (16, "32")}],
+)
+def test_config_rejects_values_of_the_wrong_type(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        SearchMorphConfig(**bad)

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._checks import readable_mode
+
 SPLITS = ("train", "val", "test")
 # A different integer per split goes into every seed, so no two splits can draw the same generated subject.
 SPLIT_CODES = {"train": 1, "val": 2, "test": 3}
@@ -124,6 +126,7 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    readable_mode(tmp)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -142,6 +145,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    readable_mode(tmp)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

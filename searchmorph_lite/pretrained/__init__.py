@@ -16,6 +16,11 @@ PRETRAINED = {
     "echo2d": "SearchMorph",
     "brain2d-voxelmorph": "VoxelMorph",
     "echo2d-voxelmorph": "VoxelMorph",
+    # Table III ablations of "brain2d", trained with its budget (chapter 13)
+    "brain2d-no-context": "SearchMorph",
+    "brain2d-no-search": "SearchMorph",
+    "brain2d-no-pyramid": "SearchMorph",
+    "brain2d-no-iteration": "SearchMorph",
 }
 
 
@@ -32,7 +37,7 @@ def available_pretrained() -> list[str]:
 
 
 def load_pretrained(name: str, device: str | torch.device | None = None) -> nn.Module:
-    """The pretrained model ``name`` ("brain2d", "echo2d", "brain2d-voxelmorph", "echo2d-voxelmorph") in eval mode.
+    """The pretrained model ``name`` (a key of ``PRETRAINED``, e.g. "brain2d", "echo2d-voxelmorph") in eval mode.
 
     Loaded with ``torch.load(weights_only=True)``; ``model.metadata`` holds its model card entries.
     """
