@@ -55,10 +55,21 @@ def _write_outputs(items: list[tuple[str, object]]) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
+def _load_model(spec: str, device: str | None):
+    """A model from a checkpoint file, or from a pretrained name ("brain2d", "echo2d", ...) when no such file exists."""
+    from .checkpoint import load_checkpoint
+    from .pretrained import PRETRAINED, load_pretrained
+
+    if not Path(spec).exists() and spec in PRETRAINED:
+        return load_pretrained(spec, device=device)
+    if not Path(spec).exists():
+        raise FileNotFoundError(f"checkpoint not found: {spec} (pretrained names: {', '.join(PRETRAINED)})")
+    return load_checkpoint(spec, device=device)
+
+
 def cmd_register(args: argparse.Namespace) -> None:
     import nibabel as nib
 
-    from .checkpoint import load_checkpoint
     from .inference import register
 
     for out in (args.out, args.flow):
@@ -68,7 +79,7 @@ def cmd_register(args: argparse.Namespace) -> None:
     fixed, fixed_img = _load_nifti_2d(args.fixed)
     if moving.shape != fixed.shape:
         raise ValueError(f"moving {moving.shape} and fixed {fixed.shape} differ in shape")
-    model = load_checkpoint(args.checkpoint, device=args.device)
+    model = _load_model(args.checkpoint, args.device)
     warped, flow = register(moving, fixed, model, iterations=args.iterations)
     shape = fixed_img.shape
     items = [(args.out, nib.Nifti1Image(warped.reshape(shape).astype(np.float32), fixed_img.affine))]
@@ -91,11 +102,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .checkpoint import load_checkpoint
     from .data import load_dataset
     from .train import evaluate
 
-    model = load_checkpoint(args.checkpoint, device=args.device)
+    model = _load_model(args.checkpoint, args.device)
     dataset = load_dataset(args.dataset, args.split)
     metrics = evaluate(model, dataset, max_pairs=args.max_pairs, iterations=args.iterations)
     summary = {k: metrics[k] for k in ("dice_mean", "folding_mean", "labels") if k in metrics}
@@ -120,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cuda or cpu (default: cuda when present)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", help="Dice and folding of a checkpoint on a dataset split")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="checkpoint file, or a pretrained name such as brain2d")
     p.add_argument("--dataset", required=True)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--max-pairs", type=int)
@@ -131,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("register", help="register two 2D NIfTI images with a checkpoint")
     p.add_argument("--moving", required=True)
     p.add_argument("--fixed", required=True)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="checkpoint file, or a pretrained name such as brain2d")
     p.add_argument("--out", required=True, help="warped moving image (.nii.gz), with the fixed image's affine")
     p.add_argument("--flow", help="also write the displacement field (H, W, 2) in voxels")
     p.add_argument("--iterations", type=int)

@@ -190,3 +190,21 @@ def test_cli_register_wrong_checkpoint_file(tmp_path):
         ]
     )
     assert code == 2 and not (tmp_path / "w.nii.gz").exists()
+
+
+def test_cli_register_takes_a_pretrained_name_and_names_them_when_nothing_matches(tmp_path, capsys):
+    from searchmorph_lite import load_pretrained
+    from searchmorph_lite.pretrained import available_pretrained
+
+    moving, fixed, *_ = disc_pair()
+    _nifti(tmp_path / "m.nii.gz", moving[0, 0].numpy())
+    _nifti(tmp_path / "f.nii.gz", fixed[0, 0].numpy())
+    args = ["register", "--moving", str(tmp_path / "m.nii.gz"), "--fixed", str(tmp_path / "f.nii.gz"), "--device",
+            "cpu", "--out", str(tmp_path / "w.nii.gz"), "--checkpoint"]
+    assert main(args + ["no-such-model"]) == 2
+    assert "pretrained names: brain2d" in capsys.readouterr().err and not (tmp_path / "w.nii.gz").exists()
+    if "brain2d" not in available_pretrained():
+        pytest.skip("brain2d is not shipped in this checkout")
+    assert main(args + ["brain2d"]) == 0
+    expected, _ = register(moving[0, 0], fixed[0, 0], load_pretrained("brain2d", device="cpu"))
+    assert np.allclose(nib.load(tmp_path / "w.nii.gz").get_fdata(), expected, atol=1e-4)
