@@ -105,8 +105,9 @@ def main() -> None:
             "speedup": ratio_t,
             "memory_ratio": ratio_m,
         }
-        with open(args.out, "w") as fh:
-            json.dump(summary, fh, indent=1)
+        from searchmorph_lite.data.common import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def cost_volume(f_moving: torch.Tensor, f_fixed: torch.Tensor, normalize: bool =
     spatial = f_moving.shape[2:]
     vol = torch.einsum("bdm,bdn->bmn", f_moving.flatten(2), f_fixed.flatten(2))
     if normalize:
-        vol = vol / math.sqrt(d)
+        vol.div_(math.sqrt(d))  # in place: never two full (HW)^2 volumes at once (einsum keeps no output)
     return vol.reshape(b, *spatial, *spatial)
 
 
