@@ -168,3 +168,19 @@ def test_unet_trunk_names_the_size_it_needs():
 def test_config_rejects_values_of_the_wrong_type(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         SearchMorphConfig(**bad)
+
+
+def test_fields_of_a_longer_run_start_with_those_of_a_shorter_one():
+    # chapter 11 scores n = 1..8 iterations from one run of 8: the field after n iterations must not depend on
+    # how many follow
+    torch.manual_seed(0)
+    model = SearchMorph(SearchMorphConfig(**SMALL)).eval()
+    with torch.no_grad():  # nudge the flow head so that iterations move the field
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    moving, fixed = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        long = model(moving, fixed, iterations=5).flows
+        for n in (1, 2, 4):
+            short = model(moving, fixed, iterations=n)
+            assert torch.equal(short.flow, long[n - 1]) and short.flows[-1].abs().max() > 0
