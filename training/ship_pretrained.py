@@ -126,7 +126,7 @@ def write_model_card() -> Path:
         ckpt = sm.read_checkpoint(path)
         md = ckpt["metadata"]
         h, w = md["image_size"]
-        switches = {k: v for k, v in md["train_config"]["model_config"].items()}
+        switches = md["train_config"]["model_config"]
         lines.append(
             f"| `{name}` | {ckpt['model']} {switches or ''} | {md['dataset']} | {h} x {w} | {md['train_pairs']} x "
             f"{md['epochs']} ({md['batch_size']}) | {md['loss'].split(' (')[0]} | {md['wall_time_s'] / 60:.0f} min | "
