@@ -1,27 +1,38 @@
 """searchmorph_lite: SearchMorph (multi-scale correlation iterative registration) as a small PyTorch library."""
 
+from .base import RegistrationModel, RegistrationResult
 from .baselines import VoxelMorph, VoxelMorphConfig
 from .checkpoint import build_model, default_device, load_checkpoint, read_checkpoint, save_checkpoint
 from .correlation import (
-    bilinear_sample,
+    AllPairsLookup,
+    OnTheFlyLookup,
+    WarpedFeaturesLookup,
     correlation_pyramid,
     cost_volume,
     diamond_offsets,
     search_features,
     search_pyramid,
 )
-from .encoders import ContextEncoder, FeatureEncoder, UNetTrunk
+from .encoders import ContextEncoder, FeatureEncoder, SharedEncoder, UNetTrunk
 from .inference import normalize_intensity, register
 from .iterator import ConvGRU, DeformationFieldIterator
 from .losses import grad_l2_loss, lncc_loss, local_ncc, mse_loss, registration_loss
 from .metrics import dice, folding_ratio, jacobian_determinant
-from .model import RegistrationResult, SearchMorph, SearchMorphConfig
+from .model import SearchMorph, SearchMorphConfig
 from .pretrained import available_pretrained, load_pretrained
+from .sampling import bilinear_sample, sample_grid, sample_points
 from .transform import SpatialTransformer, identity_grid, upsample_flow, warp
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AllPairsLookup",
+    "OnTheFlyLookup",
+    "RegistrationModel",
+    "SharedEncoder",
+    "WarpedFeaturesLookup",
+    "sample_grid",
+    "sample_points",
     "ContextEncoder",
     "ConvGRU",
     "DeformationFieldIterator",

@@ -36,12 +36,3 @@ def check_same_spatial(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: st
         raise ValueError(f"batch sizes differ: {name_a} has {a.shape[0]}, {name_b} has {b.shape[0]}")
     if a.shape[2:] != b.shape[2:]:
         raise ValueError(f"spatial shapes differ: {name_a} is {tuple(a.shape[2:])}, {name_b} is {tuple(b.shape[2:])}")
-
-
-def readable_mode(path: str) -> None:
-    """Give a ``tempfile.mkstemp`` file (mode 0600) the permissions a normal new file gets under the umask."""
-    import os
-
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)

@@ -9,14 +9,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._checks import check_image, check_same_spatial
-from .model import RegistrationResult
+from ._nd import nd
+from .base import RegistrationModel, RegistrationResult
 from .transform import warp
 
 
 @dataclass(frozen=True)
 class VoxelMorphConfig:
-    """VoxelMorph-2D hyper-parameters; defaults are VoxelMorph's (enc 16-32-32-32, dec 32-32-32-32-32-16-16)."""
+    """VoxelMorph hyper-parameters (2D or 3D); defaults are VoxelMorph's (enc 16-32-32-32, dec 32-32-32-32-32-16-16)."""
 
     in_channels: int = 1
     enc_widths: tuple[int, ...] = (16, 32, 32, 32)
@@ -28,8 +28,8 @@ class VoxelMorphConfig:
         object.__setattr__(self, "dec_widths", tuple(self.dec_widths))
         if len(self.dec_widths) < len(self.enc_widths):
             raise ValueError("dec_widths needs at least as many entries as enc_widths")
-        if self.ndim != 2:
-            raise ValueError("VoxelMorph-lite is 2D; ndim must be 2")
+        if isinstance(self.ndim, bool) or self.ndim not in (2, 3):
+            raise ValueError(f"VoxelMorphConfig.ndim must be 2 or 3, got {self.ndim!r}")
 
     def to_dict(self) -> dict:
         """Plain dict (lists, ints) suitable for a weights_only checkpoint."""
@@ -38,12 +38,12 @@ class VoxelMorphConfig:
         return d
 
 
-def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.LeakyReLU(0.2, inplace=True))
+def _conv(cin: int, cout: int, stride: int = 1, ndim: int = 2) -> nn.Sequential:
+    return nn.Sequential(nd(ndim).Conv(cin, cout, 3, stride=stride, padding=1), nn.LeakyReLU(0.2, inplace=True))
 
 
-class VoxelMorph(nn.Module):
-    """VoxelMorph: ``model(moving, fixed)`` with images (B, C, H, W) -> RegistrationResult (one field).
+class VoxelMorph(RegistrationModel):
+    """VoxelMorph: ``model(moving, fixed)`` with images (B, C, *S) -> RegistrationResult (one field), 2D or 3D.
 
     The U-Net sees [M, F] stacked, downsamples len(enc_widths) times with strided convolutions, decodes with
     skip connections to full resolution, and a 3x3 convolution initialised near zero outputs the field.
@@ -53,42 +53,29 @@ class VoxelMorph(nn.Module):
     def __init__(self, config: VoxelMorphConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or VoxelMorphConfig()
+        self.ndim, self.in_channels = config.ndim, config.in_channels
         enc, dec = config.enc_widths, config.dec_widths
         self.encoder = nn.ModuleList()
         prev = 2 * config.in_channels
         skip_channels = [prev]
         for w in enc:
-            self.encoder.append(_conv(prev, w, stride=2))
+            self.encoder.append(_conv(prev, w, stride=2, ndim=self.ndim))
             prev = w
             skip_channels.append(w)
         self.decoder = nn.ModuleList()
         for i in range(len(enc)):
             w = dec[i]
-            self.decoder.append(_conv(prev + skip_channels[-2 - i], w))
+            self.decoder.append(_conv(prev + skip_channels[-2 - i], w, ndim=self.ndim))
             prev = w
         self.extra = nn.Sequential(
-            *[_conv(c_in, c_out) for c_in, c_out in zip((prev,) + dec[len(enc) : -1], dec[len(enc) :])]
+            *[_conv(c_in, c_out, ndim=self.ndim) for c_in, c_out in zip((prev,) + dec[len(enc) : -1], dec[len(enc) :])]
         )
         prev = dec[-1] if len(dec) > len(enc) else prev
-        self.flow_layer = nn.Conv2d(prev, config.ndim, 3, padding=1)
+        self.flow_layer = nd(self.ndim).Conv(prev, config.ndim, 3, padding=1)
         nn.init.normal_(self.flow_layer.weight, std=1e-5)
         nn.init.zeros_(self.flow_layer.bias)
         self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
         self.size_multiple = 2 ** len(enc)
-
-    def check_inputs(self, moving: torch.Tensor, fixed: torch.Tensor) -> None:
-        """Raise ValueError for inputs this model cannot register (shape, channels, size multiple, NaN)."""
-        check_image(moving, "moving", ndim=2)
-        check_image(fixed, "fixed", ndim=2)
-        check_same_spatial(moving, fixed, "moving", "fixed")
-        for name, x in (("moving", moving), ("fixed", fixed)):
-            if x.shape[1] != self.config.in_channels:
-                raise ValueError(f"{name} must have {self.config.in_channels} channel(s), got {x.shape[1]}")
-        if any(n % self.size_multiple for n in moving.shape[2:]):
-            raise ValueError(
-                f"image size {tuple(moving.shape[2:])} must be divisible by {self.size_multiple}; "
-                "pad it (searchmorph_lite.register does this for you)"
-            )
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor, iterations: int | None = None) -> RegistrationResult:
         self.check_inputs(moving, fixed)

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ._checks import readable_mode
+from ._files import atomic_write
 from .baselines import VoxelMorph, VoxelMorphConfig
 from .model import SearchMorph, SearchMorphConfig
 
-FORMAT = "searchmorph_lite.checkpoint/1"
+FORMAT = "searchmorph_lite.checkpoint/2"
+# Format 1 (searchmorph_lite 0.1) stored SearchMorph's trunk twice, under both encoders, and kept the hidden-state
+# initialisation on the model; format 2 has one SharedEncoder and the iterator owns init_hidden. Older files
+# load through upgrade_state_dict.
+READABLE_FORMATS = ("searchmorph_lite.checkpoint/1", FORMAT)
+_RENAMES_V1 = (  # (old prefix, new prefix) of SearchMorph keys, format 1 -> 2
+    ("feature_encoder.trunk.", "encoder.trunk."),
+    ("feature_encoder.head.", "encoder.feature_head.conv."),
+    ("context_encoder.head.", "encoder.context_head.conv."),
+    ("init_hidden.", "iterator.init_hidden."),
+)
 MODELS = {"SearchMorph": (SearchMorph, SearchMorphConfig), "VoxelMorph": (VoxelMorph, VoxelMorphConfig)}
 
 
@@ -30,18 +39,8 @@ def build_model(kind: str, config: dict | None = None) -> nn.Module:
 
 
 def atomic_save(obj: object, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    readable_mode(tmp)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` through the library's atomic writer: a crash never leaves half a file."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, metadata: dict | None = None, **extra) -> None:
@@ -66,7 +65,10 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, metadata: dict | 
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The raw checkpoint dict at ``path``, loaded with weights_only=True; clear errors when it is not one."""
+    """The checkpoint dict at ``path``, loaded with weights_only=True, its state dict in today's key format.
+
+    Clear errors when it is not one. The "format" entry says which format the file itself is in.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -74,9 +76,33 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt files
         raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in READABLE_FORMATS:
         raise ValueError(f"{path} is not a searchmorph_lite checkpoint (no '{FORMAT}' format tag)")
+    ckpt["state_dict"] = upgrade_state_dict(ckpt.get("model"), ckpt.get("state_dict", {}), ckpt["format"])
     return ckpt
+
+
+def upgrade_state_dict(kind: str, state: dict, version: str) -> dict:
+    """State dict of a ``version`` checkpoint with the keys of today's ``kind`` model (format 1 -> 2 renames).
+
+    Format 1 SearchMorph files hold the shared trunk twice (``feature_encoder.trunk`` and
+    ``context_encoder.trunk``); the copies must be equal, and one is kept.
+    """
+    if version == FORMAT or kind != "SearchMorph" or not isinstance(state, dict):
+        return state
+    new = {}
+    for key, value in state.items():
+        if key.startswith("context_encoder.trunk."):
+            twin = state.get("feature_encoder." + key[len("context_encoder.") :])
+            if twin is None or not torch.equal(twin, value):
+                raise ValueError(f"format-1 checkpoint: the two copies of the shared trunk differ at {key}")
+            continue
+        for old, renamed in _RENAMES_V1:
+            if key.startswith(old):
+                key = renamed + key[len(old) :]
+                break
+        new[key] = value
+    return new
 
 
 def load_checkpoint(

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from ._checks import readable_mode
+from ._files import atomic_write_many, atomic_write_text
 
 
 def _load_nifti_2d(path: str):
@@ -29,30 +28,6 @@ def _load_nifti_2d(path: str):
     if squeezed.ndim != 2:
         raise ValueError(f"{path} is not a 2D image: shape {data.shape}")
     return squeezed, img
-
-
-def _nifti_suffix(path: str) -> str:
-    return ".nii.gz" if path.endswith(".nii.gz") else Path(path).suffix
-
-
-def _write_outputs(items: list[tuple[str, object]]) -> None:
-    """Save each (path, nibabel image) to a temp file first, then rename all: no partial outputs."""
-    import nibabel as nib
-
-    temps = []
-    try:
-        for path, img in items:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=".tmp-", suffix=_nifti_suffix(path))
-            os.close(fd)
-            temps.append(tmp)
-            readable_mode(tmp)
-            nib.save(img, tmp)
-        for (path, _), tmp in zip(items, temps):
-            os.replace(tmp, path)
-    finally:
-        for tmp in temps:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def _load_model(spec: str, device: str | None):
@@ -89,7 +64,7 @@ def cmd_register(args: argparse.Namespace) -> None:
         flow_img = nib.Nifti1Image(vec, fixed_img.affine)
         flow_img.header.set_intent("vector")
         items.append((args.flow, flow_img))
-    _write_outputs(items)
+    atomic_write_many([(path, partial(nib.save, img)) for path, img in items])
     print(f"wrote {args.out}" + (f" and {args.flow}" if args.flow else ""))
 
 
@@ -112,8 +87,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     summary["pairs"] = len(metrics["folding"])
     print(json.dumps(summary))
     if args.out:
-        from .data.common import atomic_write_text
-
         atomic_write_text(args.out, json.dumps(metrics, indent=1))
 
 

@@ -15,9 +15,11 @@ import math
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 
 from ._checks import check_flow, check_image, check_same_spatial
+from ._nd import nd
+from .sampling import identity_grid, sample_points
+from .transform import warp
 
 
 def cost_volume(f_moving: torch.Tensor, f_fixed: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -43,8 +45,7 @@ def _pool(x: torch.Tensor, factor: int) -> torch.Tensor:
     """Average of x (N, C, *S) over non-overlapping factor**ndim blocks, trailing remainders dropped."""
     if factor == 1:
         return x
-    pool = F.avg_pool2d if x.ndim == 4 else F.avg_pool3d
-    return pool(x, kernel_size=factor, stride=factor)
+    return nd(x.ndim - 2).avg_pool(x, kernel_size=factor, stride=factor)
 
 
 def correlation_pyramid(volume: torch.Tensor, levels: int = 4) -> list[torch.Tensor]:
@@ -91,60 +92,9 @@ def diamond_offsets(radius: int, ndim: int = 2) -> torch.Tensor:
     return torch.tensor(_diamond_offsets(int(radius), ndim), dtype=torch.long)
 
 
-def bilinear_sample(values: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    """Samples (N, C, P) of ``values`` (N, C, *S) at pixel coordinates ``coords`` (N, P, ndim), zero outside.
-
-    Linear interpolation between the 2^ndim neighbouring pixels; a neighbour outside the grid contributes 0
-    (the same as ``grid_sample(..., padding_mode="zeros", align_corners=True)``, but exact for grids of size 1).
-    """
-    n, c = values.shape[:2]
-    spatial = values.shape[2:]
-    ndim = len(spatial)
-    if coords.shape[0] != n or coords.shape[-1] != ndim:
-        raise ValueError(f"coords must be (N={n}, P, {ndim}), got {tuple(coords.shape)}")
-    flat = values.reshape(n, c, -1)
-    base = torch.floor(coords)
-    frac = coords - base
-    base = base.long()
-    out = values.new_zeros(n, c, coords.shape[1])
-    strides = [math.prod(spatial[k + 1 :]) for k in range(ndim)]
-    for corner in itertools.product((0, 1), repeat=ndim):
-        weight = torch.ones_like(coords[..., 0])
-        index = torch.zeros_like(base[..., 0])
-        valid = torch.ones_like(base[..., 0], dtype=torch.bool)
-        for k, step in enumerate(corner):
-            pos = base[..., k] + step
-            weight = weight * (frac[..., k] if step else 1 - frac[..., k])
-            valid &= (pos >= 0) & (pos < spatial[k])
-            index = index + pos.clamp(0, spatial[k] - 1) * strides[k]
-        gathered = torch.gather(flat, 2, index.unsqueeze(1).expand(n, c, -1))
-        out = out + gathered * (weight * valid).unsqueeze(1)
-    return out
-
-
-def sample_points(values: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    """Samples (N, C, P) of ``values`` (N, C, *S) at pixel ``coords`` (N, P, ndim), bilinear, zero outside.
-
-    Uses ``grid_sample`` (fast, fused) when every axis has at least 2 pixels, else :func:`bilinear_sample`;
-    both compute the same thing.
-    """
-    spatial = values.shape[2:]
-    if min(spatial) < 2:
-        return bilinear_sample(values, coords)
-    n, c = values.shape[:2]
-    ndim = len(spatial)
-    scale = torch.tensor([2.0 / (s - 1) for s in spatial], dtype=coords.dtype, device=coords.device)
-    grid = (coords * scale - 1).flip(-1)  # grid_sample wants (x, y[, z]) in [-1, 1]
-    grid = grid.reshape(n, coords.shape[1], *([1] * (ndim - 1)), ndim)
-    out = F.grid_sample(values, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return out.reshape(n, c, coords.shape[1])
-
-
 def _search_positions(flow: torch.Tensor, radius: int, level: int) -> torch.Tensor:
     """Positions (B, K, *S, ndim) on level ``level``: (p + flow(p)) / 2^level + each diamond offset."""
     ndim = flow.ndim - 2
-    from .transform import identity_grid
-
     grid = identity_grid(tuple(flow.shape[2:]), device=flow.device, dtype=flow.dtype)
     centre = ((grid + flow) / 2**level).movedim(1, -1)  # (B, *S, ndim)
     offsets = diamond_offsets(radius, ndim).to(device=flow.device, dtype=flow.dtype)
@@ -207,17 +157,90 @@ def search_features(
         raise ValueError(f"levels must be >= 1, got {levels}")
     if min(f_fixed.shape[2:]) < 2 ** (levels - 1):
         raise ValueError(f"{levels} levels need feature maps of at least {2 ** (levels - 1)} pixels per axis")
-    b, d = f_moving.shape[:2]
+    scale = 1 / math.sqrt(f_moving.shape[1]) if normalize else 1.0
+    return _search_pooled(f_moving, pool_levels(f_fixed, levels), flow, radius, scale)
+
+
+def pool_levels(features: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """Features (B, D, *S / 2^l) for l < ``levels``: average-pooled over 2^l-wide blocks, level 0 unchanged."""
+    return [_pool(features, 2**level) for level in range(levels)]
+
+
+def _search_pooled(
+    query: torch.Tensor, pooled: list[torch.Tensor], flow: torch.Tensor, radius: int, scale: float
+) -> torch.Tensor:
+    """Search map (B, L*K, *S): <query(p), pooled[l] sampled at (p + flow(p)) / 2^l + d> * scale, level-major."""
+    b, d = query.shape[:2]
     ndim = flow.ndim - 2
     spatial = tuple(flow.shape[2:])
     npix = math.prod(spatial)
-    scale = 1 / math.sqrt(d) if normalize else 1.0
     maps = []
-    for level in range(levels):
-        pooled = _pool(f_fixed, 2**level)
+    for level, target in enumerate(pooled):
         pos = _search_positions(flow, radius, level)  # (B, K, *S, ndim)
         k = pos.shape[1]
-        sampled = sample_points(pooled, pos.reshape(b, k * npix, ndim).to(pooled.dtype))
+        sampled = sample_points(target, pos.reshape(b, k * npix, ndim))
         sampled = sampled.reshape(b, d, k, *spatial)
-        maps.append(torch.einsum("bdk...,bd...->bk...", sampled, f_moving) * scale)
+        maps.append(torch.einsum("bdk...,bd...->bk...", sampled, query) * scale)
     return torch.cat(maps, dim=1)
+
+
+# Correlation lookups (RAFT's CorrBlock / AlternateCorrBlock): built once per image pair from the query features
+# (on the field's grid: the fixed image's) and the target features (searched: the moving image's), then called
+# with the current field in every iteration. All three share one signature, so the model picks one in __init__.
+
+
+class AllPairsLookup:
+    """All-pairs lookup: the volume (eq. 1-2) and its pyramid built once; ``lookup(flow)`` -> (B, L*K, *S) (eq. 3).
+
+    Memory O((prod S)^2): the paper's formulation, for teaching and for checking the on-the-fly lookup.
+    """
+
+    def __init__(self, query: torch.Tensor, target: torch.Tensor, radius: int, levels: int, normalize: bool) -> None:
+        self.pyramid = correlation_pyramid(cost_volume(query, target, normalize=normalize), levels)
+        self.radius = radius
+
+    @staticmethod
+    def channels(feature_dim: int, radius: int, levels: int, ndim: int) -> int:
+        """Channels of the search map: levels * K diamond offsets."""
+        return levels * diamond_offsets(radius, ndim).shape[0]
+
+    def __call__(self, flow: torch.Tensor) -> torch.Tensor:
+        return search_pyramid(self.pyramid, flow, self.radius)
+
+
+class OnTheFlyLookup:
+    """On-the-fly lookup: the same search map as :class:`AllPairsLookup` from pooled target features (B, L*K, *S).
+
+    The target's pyramid of pooled features is built once; each call samples it at the diamond around
+    p + flow(p) and takes inner products with the query (:func:`search_features`), memory O(prod S * K * D).
+    """
+
+    channels = AllPairsLookup.channels
+
+    def __init__(self, query: torch.Tensor, target: torch.Tensor, radius: int, levels: int, normalize: bool) -> None:
+        check_same_spatial(query, target, "query", "target")
+        self.query = query
+        self.pooled = pool_levels(target, levels)
+        self.radius = radius
+        self.scale = 1 / math.sqrt(query.shape[1]) if normalize else 1.0
+
+    def __call__(self, flow: torch.Tensor) -> torch.Tensor:
+        return _search_pooled(self.query, self.pooled, flow, self.radius, self.scale)
+
+
+class WarpedFeaturesLookup:
+    """Table III's "w/o search module": no correlation, the query and the warped target (B, 2D, *S) side by side."""
+
+    def __init__(self, query: torch.Tensor, target: torch.Tensor, radius: int, levels: int, normalize: bool) -> None:
+        self.query, self.target = query, target
+
+    @staticmethod
+    def channels(feature_dim: int, radius: int, levels: int, ndim: int) -> int:
+        """Channels: both feature maps."""
+        return 2 * feature_dim
+
+    def __call__(self, flow: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.query, warp(self.target, flow)], dim=1)
+
+
+LOOKUPS = {"all-pairs": AllPairsLookup, "on-the-fly": OnTheFlyLookup, "warped-features": WarpedFeaturesLookup}

@@ -17,16 +17,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._nd import nd
+
 
 def conv_block(in_channels: int, out_channels: int, stride: int = 1, ndim: int = 2) -> nn.Sequential:
     """Conv (3x3) -> BatchNorm -> LeakyReLU(0.2), the paper's unit: (B, in, *S) -> (B, out, *S/stride)."""
-    conv = nn.Conv2d if ndim == 2 else nn.Conv3d
-    norm = nn.BatchNorm2d if ndim == 2 else nn.BatchNorm3d
+    layers = nd(ndim)
     return nn.Sequential(
-        conv(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-        norm(out_channels),
+        layers.Conv(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        layers.BatchNorm(out_channels),
         nn.LeakyReLU(0.2, inplace=True),
     )
+
+
+def stack_pair(moving: torch.Tensor, fixed: torch.Tensor, joint: bool) -> torch.Tensor:
+    """The trunk's input: [M, F] as channels (B, 2C, *S) when ``joint``, else as a batch (2B, C, *S)."""
+    return torch.cat([moving, fixed], dim=1 if joint else 0)
 
 
 class UNetTrunk(nn.Module):
@@ -52,7 +58,7 @@ class UNetTrunk(nn.Module):
             prev = widths[i]
         self.out_channels = prev
         self.size_multiple = 2 ** (len(widths) - 1)
-        self.upsample = nn.Upsample(scale_factor=2, mode="bilinear" if ndim == 2 else "trilinear")
+        self.upsample = nn.Upsample(scale_factor=2, mode=nd(ndim).linear_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if any(n % self.size_multiple for n in x.shape[2:]):
@@ -69,8 +75,81 @@ class UNetTrunk(nn.Module):
         return x
 
 
+class FeatureHead(nn.Module):
+    """The feature encoder's last layer: trunk output -> (h(M), h(F)), each (B, feature_dim, *S/2).
+
+    Joint trunk: one 3x3 convolution emits 2 * feature_dim channels, split into h(M) and h(F) (the paper's
+    "split the 8-channel map into two 4-channel maps"). Siamese trunk (batch [M; F]): the batch is split.
+    """
+
+    def __init__(self, trunk_channels: int, feature_dim: int = 4, joint: bool = True, ndim: int = 2) -> None:
+        super().__init__()
+        self.joint = joint
+        self.feature_dim = feature_dim
+        self.conv = nd(ndim).Conv(trunk_channels, feature_dim * (2 if joint else 1), 3, padding=1)
+
+    def forward(self, trunk_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.conv(trunk_out)
+        if self.joint:
+            return out[:, : self.feature_dim], out[:, self.feature_dim :]
+        h_m, h_f = out.chunk(2, dim=0)
+        return h_m, h_f
+
+
+class ContextHead(nn.Module):
+    """The context encoder's last layer: trunk output -> context (B, context_dim, *S/2).
+
+    A siamese trunk's two outputs (batch [M; F]) are stacked as channels first, so the context sees both images.
+    """
+
+    def __init__(self, trunk_channels: int, context_dim: int = 32, joint: bool = True, ndim: int = 2) -> None:
+        super().__init__()
+        self.joint = joint
+        self.conv = nd(ndim).Conv(trunk_channels * (1 if joint else 2), context_dim, 3, padding=1)
+
+    def forward(self, trunk_out: torch.Tensor) -> torch.Tensor:
+        if not self.joint:
+            trunk_out = torch.cat(trunk_out.chunk(2, dim=0), dim=1)
+        return self.conv(trunk_out)
+
+
+class SharedEncoder(nn.Module):
+    """Fig. 1's feature and context encoders: one trunk, run once, and two heads -> (h(M), h(F), context).
+
+    ``forward(moving, fixed)`` with images (B, C, *S) returns h(M), h(F) (B, feature_dim, *S/2) and the context
+    (B, context_dim, *S/2), or None when ``context_dim`` is 0 (Table III "w/o context"). The paper's encoders
+    "share weights for each layer except for the last layer": that is this one trunk with two last layers.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        widths: tuple[int, ...] = (16, 32, 32, 32),
+        feature_dim: int = 4,
+        context_dim: int = 32,
+        joint: bool = True,
+        ndim: int = 2,
+    ) -> None:
+        super().__init__()
+        self.joint = joint
+        self.trunk = UNetTrunk(in_channels * (2 if joint else 1), widths, ndim=ndim)
+        self.feature_head = FeatureHead(self.trunk.out_channels, feature_dim, joint=joint, ndim=ndim)
+        self.context_head = ContextHead(self.trunk.out_channels, context_dim, joint, ndim) if context_dim else None
+
+    def forward(
+        self, moving: torch.Tensor, fixed: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        trunk_out = self.trunk(stack_pair(moving, fixed, self.joint))
+        h_m, h_f = self.feature_head(trunk_out)
+        context = self.context_head(trunk_out) if self.context_head is not None else None
+        return h_m, h_f, context
+
+
 class FeatureEncoder(nn.Module):
-    """Feature encoder: (moving, fixed) (B, C, *S) each -> (h(M), h(F)), each (B, feature_dim, *S/2)."""
+    """Feature encoder alone (trunk + feature head): (moving, fixed) (B, C, *S) -> (h(M), h(F)), (B, D, *S/2) each.
+
+    SearchMorph uses :class:`SharedEncoder`, which adds the context head to the same trunk.
+    """
 
     def __init__(
         self,
@@ -84,45 +163,20 @@ class FeatureEncoder(nn.Module):
         super().__init__()
         self.joint = joint
         self.trunk = trunk or UNetTrunk(in_channels * (2 if joint else 1), widths, ndim=ndim)
-        conv = nn.Conv2d if ndim == 2 else nn.Conv3d
-        self.head = conv(self.trunk.out_channels, feature_dim * (2 if joint else 1), 3, padding=1)
-        self.feature_dim = feature_dim
-
-    def features(self, trunk_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(h(M), h(F)) from the trunk's output: split channels (joint) or split the batch (siamese)."""
-        out = self.head(trunk_out)
-        if self.joint:
-            return out[:, : self.feature_dim], out[:, self.feature_dim :]
-        h_m, h_f = out.chunk(2, dim=0)
-        return h_m, h_f
-
-    def run_trunk(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-        """Trunk output: (B, c, *S/2) for the stacked pair (joint) or (2B, c, *S/2) for both images (siamese)."""
-        if self.joint:
-            return self.trunk(torch.cat([moving, fixed], dim=1))
-        return self.trunk(torch.cat([moving, fixed], dim=0))
+        self.head = FeatureHead(self.trunk.out_channels, feature_dim, joint=joint, ndim=ndim)
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.features(self.run_trunk(moving, fixed))
+        return self.head(self.trunk(stack_pair(moving, fixed, self.joint)))
 
 
 class ContextEncoder(nn.Module):
-    """Context encoder: (moving, fixed) -> context (B, context_dim, *S/2), sharing the feature encoder's trunk."""
+    """Context encoder alone (trunk + context head): (moving, fixed) -> context (B, context_dim, *S/2)."""
 
     def __init__(self, trunk: UNetTrunk, context_dim: int = 32, joint: bool = True, ndim: int = 2) -> None:
         super().__init__()
-        self.trunk = trunk
         self.joint = joint
-        conv = nn.Conv2d if ndim == 2 else nn.Conv3d
-        in_ch = trunk.out_channels * (1 if joint else 2)
-        self.head = conv(in_ch, context_dim, 3, padding=1)
-
-    def context(self, trunk_out: torch.Tensor) -> torch.Tensor:
-        """Context (B, context_dim, *S/2) from the trunk's output."""
-        if not self.joint:
-            trunk_out = torch.cat(trunk_out.chunk(2, dim=0), dim=1)
-        return self.head(trunk_out)
+        self.trunk = trunk
+        self.head = ContextHead(trunk.out_channels, context_dim, joint=joint, ndim=ndim)
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-        pair = torch.cat([moving, fixed], dim=1 if self.joint else 0)
-        return self.context(self.trunk(pair))
+        return self.head(self.trunk(stack_pair(moving, fixed, self.joint)))

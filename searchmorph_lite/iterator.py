@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._nd import nd
+
 
 class ConvGRU(nn.Module):
     """Convolutional GRU (eq. 4-7): ``forward(h, x)`` with h (B, hidden, *S), x (B, input, *S) -> new h.
@@ -15,7 +17,7 @@ class ConvGRU(nn.Module):
 
     def __init__(self, hidden_dim: int = 32, input_dim: int = 64, kernel_size: int = 3, ndim: int = 2) -> None:
         super().__init__()
-        conv = nn.Conv2d if ndim == 2 else nn.Conv3d
+        conv = nd(ndim).Conv
         pad = kernel_size // 2
         self.conv_r = conv(hidden_dim + input_dim, hidden_dim, kernel_size, padding=pad)
         self.conv_z = conv(hidden_dim + input_dim, hidden_dim, kernel_size, padding=pad)
@@ -35,13 +37,17 @@ class DeformationFieldIterator(nn.Module):
     The paper feeds the GRU "the search map and context" and predicts the update with "two convolutional
     layers". It does not say whether the current field is an input; we add it (as RAFT's motion encoder does),
     so the GRU knows where it already looked. ``context_dim=0`` runs without context (Table III).
+    The paper does not say how the GRU's memory starts either: :meth:`initial_hidden` gives tanh(1x1 conv of
+    the context), as RAFT starts its memory from its context network, or zeros without context.
     """
 
     def __init__(
         self, search_dim: int, context_dim: int = 32, hidden_dim: int = 32, motion_dim: int = 32, ndim: int = 2
     ) -> None:
         super().__init__()
-        conv = nn.Conv2d if ndim == 2 else nn.Conv3d
+        conv = nd(ndim).Conv
+        self.ndim = ndim
+        self.hidden_dim = hidden_dim
         self.motion_encoder = nn.Sequential(
             conv(search_dim + ndim, motion_dim, 3, padding=1),
             nn.LeakyReLU(0.2, inplace=True),
@@ -57,6 +63,13 @@ class DeformationFieldIterator(nn.Module):
         # Start near the identity transform, as VoxelMorph initialises its flow layer.
         nn.init.normal_(self.flow_head[-1].weight, std=1e-5)
         nn.init.zeros_(self.flow_head[-1].bias)
+        self.init_hidden = conv(context_dim, hidden_dim, 1) if context_dim else None
+
+    def initial_hidden(self, context: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        """H_0 (B, hidden_dim, *S): tanh(conv(context)), or zeros shaped like ``like`` (B, *, *S) without context."""
+        if context is not None:
+            return torch.tanh(self.init_hidden(context))
+        return like.new_zeros(like.shape[0], self.hidden_dim, *like.shape[2:])
 
     def forward(
         self, hidden: torch.Tensor, search_map: torch.Tensor, context: torch.Tensor | None, flow: torch.Tensor

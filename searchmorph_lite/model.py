@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 
 import torch
-from torch import nn
 
-from ._checks import check_image, check_same_spatial
-from .correlation import correlation_pyramid, cost_volume, diamond_offsets, search_features, search_pyramid
-from .encoders import ContextEncoder, FeatureEncoder, UNetTrunk
+from .base import RegistrationModel, RegistrationResult
+from .correlation import LOOKUPS
+from .encoders import SharedEncoder
 from .iterator import DeformationFieldIterator
 from .transform import upsample_flow, warp
 
-
-@dataclass
-class RegistrationResult:
-    """What a registration model returns: the final field, the warped moving image, and every iteration's field.
-
-    flow: (B, ndim, *S) in full-resolution pixels; warped: (B, C, *S); flows: list of (B, ndim, *S).
-    """
-
-    flow: torch.Tensor
-    warped: torch.Tensor
-    flows: list[torch.Tensor] = field(default_factory=list)
+__all__ = ["RegistrationResult", "SearchMorph", "SearchMorphConfig"]
 
 
 @dataclass(frozen=True)
@@ -65,8 +55,15 @@ class SearchMorphConfig:
                 raise ValueError(f"SearchMorphConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.radius < 0:
             raise ValueError(f"SearchMorphConfig.radius must be >= 0, got {self.radius}")
-        if self.ndim != 2:
-            raise ValueError("SearchMorph-lite is 2D for now (the paper's search is 2D); ndim must be 2")
+        if self.ndim not in (2, 3):
+            raise ValueError(f"SearchMorphConfig.ndim must be 2 or 3, got {self.ndim}")
+
+    @property
+    def lookup(self) -> str:
+        """The correlation lookup this config asks for: a key of ``correlation.LOOKUPS``."""
+        if not self.use_search:
+            return "warped-features"
+        return "all-pairs" if self.all_pairs else "on-the-fly"
 
     def to_dict(self) -> dict:
         """Plain dict (lists, ints, bools) suitable for a weights_only checkpoint."""
@@ -75,83 +72,46 @@ class SearchMorphConfig:
         return d
 
 
-class SearchMorph(nn.Module):
-    """SearchMorph: ``model(moving, fixed)`` with images (B, C, H, W) -> RegistrationResult.
+class SearchMorph(RegistrationModel):
+    """SearchMorph (Fig. 1): ``model(moving, fixed)`` with images (B, C, *S) -> RegistrationResult.
+
+    Encoder -> correlation lookup -> ``iterations`` x (search map -> ConvGRU -> field update) -> x2 upsampled
+    field -> warp. 2D or 3D (``config.ndim``); in 3D the diamond of eq. 3 becomes the octahedron.
 
     The field lives on the fixed image's grid (``warp`` samples the moving image at p + flow(p)), so for each
-    fixed pixel p we search where it sits in the moving image: the fixed features are the first ("query")
-    argument of the correlation and the moving features the searched ones. The paper writes eq. 1 with h(M)
-    first and warps M with the field, which is only consistent with this reading.
+    fixed pixel p we search where it sits in the moving image: the fixed features are the query of the lookup
+    and the moving features the searched ones. The paper writes eq. 1 with h(M) first and warps M with the
+    field, which is only consistent with this reading.
     """
 
     def __init__(self, config: SearchMorphConfig | None = None) -> None:
         super().__init__()
-        self.config = config = config or SearchMorphConfig()
-        cin = config.in_channels * (2 if config.joint_encoder else 1)
-        trunk = UNetTrunk(cin, config.widths, ndim=config.ndim)
-        self.feature_encoder = FeatureEncoder(trunk, config.feature_dim, joint=config.joint_encoder)
-        self.context_encoder = (
-            ContextEncoder(trunk, config.context_dim, joint=config.joint_encoder) if config.use_context else None
+        self.config = cfg = config or SearchMorphConfig()
+        self.ndim, self.in_channels = cfg.ndim, cfg.in_channels
+        context_dim = cfg.context_dim if cfg.use_context else 0
+        self.levels = cfg.levels if cfg.use_pyramid else 1
+        self.encoder = SharedEncoder(
+            cfg.in_channels, cfg.widths, cfg.feature_dim, context_dim, joint=cfg.joint_encoder, ndim=cfg.ndim
         )
-        self.levels = config.levels if config.use_pyramid else 1
-        if config.use_search:
-            search_dim = self.levels * diamond_offsets(config.radius, config.ndim).shape[0]
-        else:
-            search_dim = 2 * config.feature_dim
-        self.iterator = DeformationFieldIterator(
-            search_dim,
-            config.context_dim if config.use_context else 0,
-            config.hidden_dim,
-            config.motion_dim,
-            ndim=config.ndim,
-        )
-        self.init_hidden = nn.Conv2d(config.context_dim, config.hidden_dim, 1) if config.use_context else None
-        self.size_multiple = max(trunk.size_multiple, 2**self.levels)
-
-    def check_inputs(self, moving: torch.Tensor, fixed: torch.Tensor) -> None:
-        """Raise ValueError for inputs this model cannot register (shape, channels, size multiple, NaN)."""
-        check_image(moving, "moving", ndim=self.config.ndim)
-        check_image(fixed, "fixed", ndim=self.config.ndim)
-        check_same_spatial(moving, fixed, "moving", "fixed")
-        for name, x in (("moving", moving), ("fixed", fixed)):
-            if x.shape[1] != self.config.in_channels:
-                raise ValueError(f"{name} must have {self.config.in_channels} channel(s), got {x.shape[1]}")
-        if any(n % self.size_multiple for n in moving.shape[2:]):
-            raise ValueError(
-                f"image size {tuple(moving.shape[2:])} must be divisible by {self.size_multiple}; "
-                "pad it (searchmorph_lite.register does this for you)"
-            )
+        lookup = LOOKUPS[cfg.lookup]  # all-pairs volume, on-the-fly search, or "w/o search": the one switch
+        self.lookup = partial(lookup, radius=cfg.radius, levels=self.levels, normalize=cfg.normalize_correlation)
+        search_dim = lookup.channels(cfg.feature_dim, cfg.radius, self.levels, cfg.ndim)
+        self.iterator = DeformationFieldIterator(search_dim, context_dim, cfg.hidden_dim, cfg.motion_dim, cfg.ndim)
+        self.size_multiple = max(self.encoder.trunk.size_multiple, 2**self.levels)
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor, iterations: int | None = None) -> RegistrationResult:
         self.check_inputs(moving, fixed)
-        cfg = self.config
-        n_iter = cfg.iterations if iterations is None else int(iterations)
+        n_iter = self.config.iterations if iterations is None else int(iterations)
         if n_iter < 1:
             raise ValueError(f"iterations must be >= 1, got {iterations}")
-        trunk_out = self.feature_encoder.run_trunk(moving, fixed)
-        h_m, h_f = self.feature_encoder.features(trunk_out)
-        context = self.context_encoder.context(trunk_out) if self.context_encoder is not None else None
-        b = moving.shape[0]
-        half = h_f.shape[2:]
-        flow = h_f.new_zeros(b, cfg.ndim, *half)
-        if context is not None:
-            hidden = torch.tanh(self.init_hidden(context))
-        else:
-            hidden = h_f.new_zeros(b, cfg.hidden_dim, *half)
-        pyramid = None
-        if cfg.use_search and cfg.all_pairs:
-            volume = cost_volume(h_f, h_m, normalize=cfg.normalize_correlation)
-            pyramid = correlation_pyramid(volume, self.levels)
+        h_m, h_f, context = self.encoder(moving, fixed)  # features and context at 1/2 resolution
+        lookup = self.lookup(h_f, h_m)  # correlation pyramid (eq. 1-2), searched around the field (eq. 3)
+        hidden = self.iterator.initial_hidden(context, h_f)
+        flow = h_f.new_zeros(h_f.shape[0], self.ndim, *h_f.shape[2:])  # phi_0 = 0
         flows = []
         for _ in range(n_iter):
-            where = flow.detach() if cfg.detach_search else flow
-            if not cfg.use_search:
-                search = torch.cat([h_f, warp(h_m, where)], dim=1)
-            elif pyramid is not None:
-                search = search_pyramid(pyramid, where, cfg.radius)
-            else:
-                search = search_features(h_f, h_m, where, cfg.radius, self.levels, normalize=cfg.normalize_correlation)
-            hidden, delta = self.iterator(hidden, search, context, where)
-            flow = flow + delta
-            flows.append(upsample_flow(flow, 2))
+            where = flow.detach() if self.config.detach_search else flow
+            hidden, delta = self.iterator(hidden, lookup(where), context, where)  # ConvGRU (eq. 4-7)
+            flow = flow + delta  # phi_t = phi_{t-1} + delta phi
+            flows.append(upsample_flow(flow, 2))  # Phi: x2 to the input's resolution
         return RegistrationResult(flow=flows[-1], warped=warp(moving, flows[-1]), flows=flows)

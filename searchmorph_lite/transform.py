@@ -12,12 +12,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_flow, check_image, check_same_spatial
+from ._nd import nd
+from .sampling import identity_grid, sample_grid
+
+__all__ = ["SpatialTransformer", "identity_grid", "upsample_flow", "warp"]
 
 
-def identity_grid(shape: tuple[int, ...], device=None, dtype=torch.float32) -> torch.Tensor:
-    """Pixel coordinates (ndim, *shape): channel k holds the index along spatial axis k."""
-    axes = [torch.arange(n, device=device, dtype=dtype) for n in shape]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"))
+def _check_modes(mode: str, padding_mode: str) -> None:
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+    if padding_mode not in ("zeros", "border"):
+        raise ValueError(f"padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
 
 
 def warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
@@ -25,29 +30,17 @@ def warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", paddin
 
     Bilinear (trilinear in 3D) interpolation between the 2^ndim neighbours of p + flow(p), or ``nearest`` for
     label maps. Positions outside the image read 0 (``padding_mode="zeros"``) or the nearest border pixel
-    (``"border"``). Weights come from exact pixel coordinates, so a zero or integer field copies pixels exactly.
+    (``"border"``). Sampling goes through :func:`searchmorph_lite.sampling.sample_grid`: the fused ``grid_sample``
+    kernel, with the exact gather for integer fields, so a zero or integer field copies pixels exactly.
     """
     check_image(image, "image")
     check_flow(flow)
     check_same_spatial(image, flow, "image", "flow")
-    if mode not in ("bilinear", "nearest"):
-        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
-    if padding_mode not in ("zeros", "border"):
-        raise ValueError(f"padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
-    from .correlation import bilinear_sample
-
+    _check_modes(mode, padding_mode)
     shape = tuple(image.shape[2:])
     dtype = torch.promote_types(image.dtype, flow.dtype)
     coords = identity_grid(shape, device=flow.device, dtype=dtype) + flow.to(dtype)
-    if padding_mode == "border":
-        limits = torch.tensor([n - 1 for n in shape], device=flow.device, dtype=dtype).view(1, -1, *[1] * len(shape))
-        coords = torch.minimum(coords.clamp_min(0), limits)
-    if mode == "nearest":
-        coords = torch.round(coords)
-    b, c = image.shape[:2]
-    points = coords.flatten(2).transpose(1, 2)  # (B, P, ndim)
-    out = bilinear_sample(image.to(dtype), points)
-    return out.reshape(b, c, *shape).to(image.dtype)
+    return sample_grid(image.to(dtype), coords, mode=mode, padding_mode=padding_mode).to(image.dtype)
 
 
 class SpatialTransformer(nn.Module):
@@ -55,10 +48,7 @@ class SpatialTransformer(nn.Module):
 
     def __init__(self, mode: str = "bilinear", padding_mode: str = "zeros") -> None:
         super().__init__()
-        if mode not in ("bilinear", "nearest"):
-            raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
-        if padding_mode not in ("zeros", "border"):
-            raise ValueError(f"padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
+        _check_modes(mode, padding_mode)
         self.mode = mode
         self.padding_mode = padding_mode
 
@@ -79,5 +69,5 @@ def upsample_flow(flow: torch.Tensor, factor: int = 2) -> torch.Tensor:
     factor = int(factor)
     if factor == 1:
         return flow
-    mode = "bilinear" if flow.ndim == 4 else "trilinear"
+    mode = nd(flow.ndim - 2).linear_mode
     return factor * F.interpolate(flow, scale_factor=factor, mode=mode, align_corners=False)

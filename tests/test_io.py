@@ -199,8 +199,18 @@ def test_cli_register_takes_a_pretrained_name_and_names_them_when_nothing_matche
     moving, fixed, *_ = disc_pair()
     _nifti(tmp_path / "m.nii.gz", moving[0, 0].numpy())
     _nifti(tmp_path / "f.nii.gz", fixed[0, 0].numpy())
-    args = ["register", "--moving", str(tmp_path / "m.nii.gz"), "--fixed", str(tmp_path / "f.nii.gz"), "--device",
-            "cpu", "--out", str(tmp_path / "w.nii.gz"), "--checkpoint"]
+    args = [
+        "register",
+        "--moving",
+        str(tmp_path / "m.nii.gz"),
+        "--fixed",
+        str(tmp_path / "f.nii.gz"),
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "w.nii.gz"),
+        "--checkpoint",
+    ]
     assert main(args + ["no-such-model"]) == 2
     assert "pretrained names: brain2d" in capsys.readouterr().err and not (tmp_path / "w.nii.gz").exists()
     if "brain2d" not in available_pretrained():

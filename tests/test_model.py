@@ -7,6 +7,7 @@ from searchmorph_lite import (
     FeatureEncoder,
     SearchMorph,
     SearchMorphConfig,
+    SharedEncoder,
     VoxelMorph,
     dice,
     grad_l2_loss,
@@ -72,7 +73,8 @@ def test_every_parameter_gets_a_gradient(pair, flags):
 
 def test_ablation_flags_change_the_architecture():
     base = SearchMorph(SearchMorphConfig(**SMALL))
-    assert SearchMorph(SearchMorphConfig(**SMALL, use_context=False)).context_encoder is None
+    no_context = SearchMorph(SearchMorphConfig(**SMALL, use_context=False))
+    assert no_context.encoder.context_head is None and no_context.iterator.init_hidden is None
     assert SearchMorph(SearchMorphConfig(**SMALL, use_pyramid=False)).levels == 1
     no_search = SearchMorph(SearchMorphConfig(**SMALL, use_search=False))
     first = no_search.iterator.motion_encoder[0]
@@ -82,16 +84,31 @@ def test_ablation_flags_change_the_architecture():
 
 def test_encoders_share_the_trunk():
     model = SearchMorph(SearchMorphConfig(**SMALL))
-    assert isinstance(model.feature_encoder, FeatureEncoder) and isinstance(model.context_encoder, ContextEncoder)
-    assert model.feature_encoder.trunk is model.context_encoder.trunk
-    assert model.feature_encoder.head is not model.context_encoder.head
+    assert isinstance(model.encoder, SharedEncoder)
+    assert model.encoder.feature_head is not model.encoder.context_head
+    # the trunk is stored once: every state-dict key of a trunk tensor lives under encoder.trunk
+    trunk_keys = [k for k in model.state_dict() if ".trunk." in k or k.startswith("trunk.")]
+    assert trunk_keys and all(k.startswith("encoder.trunk.") for k in trunk_keys)
+    assert len(trunk_keys) == len(model.encoder.trunk.state_dict())
+
+
+def test_standalone_encoders_equal_the_shared_one(pair):
+    moving, fixed, *_ = pair
+    shared = SharedEncoder(widths=(8, 16, 16), feature_dim=4, context_dim=6).eval()
+    feature = FeatureEncoder(shared.trunk, feature_dim=4).eval()
+    context = ContextEncoder(shared.trunk, context_dim=6).eval()
+    feature.head.load_state_dict(shared.feature_head.state_dict())
+    context.head.load_state_dict(shared.context_head.state_dict())
+    h_m, h_f, ctx = shared(moving, fixed)
+    assert torch.equal(feature(moving, fixed)[0], h_m) and torch.equal(feature(moving, fixed)[1], h_f)
+    assert torch.equal(context(moving, fixed), ctx)
 
 
 def test_feature_encoder_splits_eight_channels_into_two_maps_at_half_resolution(pair):
     moving, fixed, *_ = pair
     enc = FeatureEncoder(feature_dim=4, widths=(8, 16, 16))
     h_m, h_f = enc(moving, fixed)
-    assert enc.head.out_channels == 8
+    assert enc.head.conv.out_channels == 8
     assert h_m.shape == h_f.shape == (1, 4, 32, 32)
 
 

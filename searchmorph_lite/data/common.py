@@ -7,7 +7,6 @@ the functions that need them, so ``import searchmorph_lite.data`` stays fast.
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -18,7 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._checks import readable_mode
+from .._files import atomic_write, atomic_write_text
+
+__all__ = ["atomic_save_npz", "atomic_write_text"]  # re-exported: data.io and the scripts write through these
 
 SPLITS = ("train", "val", "test")
 # A different integer per split goes into every seed, so no two splits can draw the same generated subject.
@@ -119,44 +120,13 @@ def rng_for(*keys: int) -> np.random.Generator:
 
 
 def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
-    """Path written: ``np.savez`` into a temporary file in the same folder, then ``os.replace`` onto ``path``.
+    """Path written: ``np.savez`` of ``arrays`` through the library's atomic writer (never half-written)."""
 
-    A crash can leave a stray ``.tmp`` file but never a half-written ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    readable_mode(tmp)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a bare path
             np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Path written with ``text`` through a temporary file and ``os.replace`` (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    readable_mode(tmp)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, write)
 
 
 def load_npz(path: str | os.PathLike, required: Iterable[str]) -> dict[str, np.ndarray]:

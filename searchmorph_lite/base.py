@@ -1,0 +1,52 @@
+"""What every registration model here shares: the result type and a base class with the input checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ._checks import check_image, check_same_spatial
+
+
+@dataclass
+class RegistrationResult:
+    """What a registration model returns: the final field, the warped moving image, and every iteration's field.
+
+    flow: (B, ndim, *S) in full-resolution pixels; warped: (B, C, *S); flows: list of (B, ndim, *S).
+    """
+
+    flow: torch.Tensor
+    warped: torch.Tensor
+    flows: list[torch.Tensor] = field(default_factory=list)
+
+
+class RegistrationModel(nn.Module):
+    """Base of SearchMorph and VoxelMorph: ``model(moving, fixed)`` with images (B, C, *S) -> RegistrationResult.
+
+    A subclass sets ``ndim`` (2 or 3 spatial axes), ``in_channels`` and ``size_multiple`` (every side of the
+    input must divide by it), calls :meth:`check_inputs` first in ``forward``, and returns a RegistrationResult.
+    ``searchmorph_lite.register`` relies on exactly these attributes.
+    """
+
+    ndim: int = 2
+    in_channels: int = 1
+    size_multiple: int = 1
+
+    def check_inputs(self, moving: torch.Tensor, fixed: torch.Tensor) -> None:
+        """Raise ValueError for inputs this model cannot register (shape, channels, size multiple, NaN)."""
+        check_image(moving, "moving", ndim=self.ndim)
+        check_image(fixed, "fixed", ndim=self.ndim)
+        check_same_spatial(moving, fixed, "moving", "fixed")
+        for name, x in (("moving", moving), ("fixed", fixed)):
+            if x.shape[1] != self.in_channels:
+                raise ValueError(f"{name} must have {self.in_channels} channel(s), got {x.shape[1]}")
+        if any(n % self.size_multiple for n in moving.shape[2:]):
+            raise ValueError(
+                f"image size {tuple(moving.shape[2:])} must be divisible by {self.size_multiple}; "
+                "pad it (searchmorph_lite.register does this for you)"
+            )
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, iterations: int | None = None) -> RegistrationResult:
+        raise NotImplementedError
