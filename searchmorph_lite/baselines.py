@@ -111,14 +111,14 @@ def ants_register(moving, fixed, type_of_transform: str = "SyN", seed: int | Non
         import ants
     except ImportError as err:
         raise ImportError("classical baselines need antspyx: pip install antspyx") from err
-    from .inference import _to_2d_tensor
+    from .inference import to_image_tensor
 
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 1):
         raise ValueError(f"seed must be a positive integer or None (ANTs reads 0 as a clock seed), got {seed!r}")
     if type_of_transform not in CLASSICAL:
         raise ValueError(f"type_of_transform must be one of {CLASSICAL}, got {type_of_transform!r}")
-    m = _to_2d_tensor(moving, "moving").numpy().astype("float32")
-    f = _to_2d_tensor(fixed, "fixed").numpy().astype("float32")
+    m = to_image_tensor(moving, "moving").numpy().astype("float32")
+    f = to_image_tensor(fixed, "fixed").numpy().astype("float32")
     if m.shape != f.shape:
         raise ValueError(f"moving and fixed differ in shape: {m.shape} vs {f.shape}")
     m_img, f_img = ants.from_numpy(m), ants.from_numpy(f)

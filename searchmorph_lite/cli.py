@@ -13,8 +13,8 @@ import numpy as np
 from ._files import atomic_write_many, atomic_write_text
 
 
-def _load_nifti_2d(path: str):
-    """(2D float array, nibabel image) from a NIfTI file; ValueError when unreadable or not 2D."""
+def _load_nifti(path: str, ndim: int = 2):
+    """(float array with ``ndim`` axes, nibabel image) from a NIfTI file; ValueError when unreadable or not ndim-D."""
     import nibabel as nib
 
     if not Path(path).is_file():
@@ -25,8 +25,9 @@ def _load_nifti_2d(path: str):
     except Exception as err:
         raise ValueError(f"cannot read NIfTI {path}: {err}") from None
     squeezed = np.squeeze(data)
-    if squeezed.ndim != 2:
-        raise ValueError(f"{path} is not a 2D image: shape {data.shape}")
+    if squeezed.ndim != ndim:
+        what = {2: "a 2D image", 3: "a 3D volume"}[ndim]
+        raise ValueError(f"{path} is not {what} (the model is {ndim}D): shape {data.shape}")
     return squeezed, img
 
 
@@ -50,17 +51,17 @@ def cmd_register(args: argparse.Namespace) -> None:
     for out in (args.out, args.flow):
         if out and not (out.endswith(".nii") or out.endswith(".nii.gz")):
             raise ValueError(f"output {out} must end in .nii or .nii.gz")
-    moving, _ = _load_nifti_2d(args.moving)
-    fixed, fixed_img = _load_nifti_2d(args.fixed)
+    model = _load_model(args.checkpoint, args.device)
+    moving, _ = _load_nifti(args.moving, model.ndim)
+    fixed, fixed_img = _load_nifti(args.fixed, model.ndim)
     if moving.shape != fixed.shape:
         raise ValueError(f"moving {moving.shape} and fixed {fixed.shape} differ in shape")
-    model = _load_model(args.checkpoint, args.device)
     warped, flow = register(moving, fixed, model, iterations=args.iterations)
     shape = fixed_img.shape
     items = [(args.out, nib.Nifti1Image(warped.reshape(shape).astype(np.float32), fixed_img.affine))]
     if args.flow:
-        # (H, W, [1,] 2): component k is the displacement in voxels along array axis k
-        vec = np.moveaxis(flow, 0, -1).reshape(*shape, 2).astype(np.float32)
+        # (*S, [1,] ndim): component k is the displacement in voxels along array axis k
+        vec = np.moveaxis(flow, 0, -1).reshape(*shape, model.ndim).astype(np.float32)
         flow_img = nib.Nifti1Image(vec, fixed_img.affine)
         flow_img.header.set_intent("vector")
         items.append((args.flow, flow_img))
@@ -111,12 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write per-pair metrics as JSON here")
     p.add_argument("--device")
     p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("register", help="register two 2D NIfTI images with a checkpoint")
+    p = sub.add_parser("register", help="register two NIfTI images (2D, or 3D with a 3D model) with a checkpoint")
     p.add_argument("--moving", required=True)
     p.add_argument("--fixed", required=True)
     p.add_argument("--checkpoint", required=True, help="checkpoint file, or a pretrained name such as brain2d")
     p.add_argument("--out", required=True, help="warped moving image (.nii.gz), with the fixed image's affine")
-    p.add_argument("--flow", help="also write the displacement field (H, W, 2) in voxels")
+    p.add_argument("--flow", help="also write the displacement field (*S, ndim) in voxels")
     p.add_argument("--iterations", type=int)
     p.add_argument("--device")
     p.set_defaults(func=cmd_register)

@@ -1,16 +1,21 @@
-"""Register one 2D pair with a trained model: arrays in, arrays out, any image size."""
+"""Register one pair with a trained model: arrays in, arrays out, any image size, 2D or 3D."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from .base import RegistrationModel
 from .transform import warp
 
 
-def _to_2d_tensor(x, name: str) -> torch.Tensor:
+def to_image_tensor(x, name: str, ndim: int = 2) -> torch.Tensor:
+    """Float64 tensor (*S) with ``ndim`` axes from a numpy array or tensor; leading size-1 axes are dropped.
+
+    ValueError when ``x`` is not numeric, has another number of axes, a side under 2 pixels, or NaN / inf.
+    """
+    kind = {2: "2D image (H, W)", 3: "3D volume (D, H, W)"}[ndim]
     if isinstance(x, np.ndarray):
         if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
             raise ValueError(f"{name} must be a numeric array, got dtype {x.dtype}")
@@ -19,12 +24,12 @@ def _to_2d_tensor(x, name: str) -> torch.Tensor:
         t = x.detach().cpu().double()
     else:
         raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
-    while t.ndim > 2 and t.shape[0] == 1:  # accept (1, H, W) and (1, 1, H, W)
+    while t.ndim > ndim and t.shape[0] == 1:  # accept (1, *S) and (1, 1, *S)
         t = t[0]
-    if t.ndim != 2:
-        raise ValueError(f"{name} must be a 2D image (H, W), got shape {tuple(x.shape)}")
+    if t.ndim != ndim:
+        raise ValueError(f"{name} must be a {kind}, got shape {tuple(x.shape)}")
     if min(t.shape) < 2:
-        raise ValueError(f"{name} must be at least 2 x 2 pixels, got {tuple(t.shape)}")
+        raise ValueError(f"{name} must be at least 2 pixels along every axis, got {tuple(t.shape)}")
     if not torch.isfinite(t).all():
         raise ValueError(f"{name} contains NaN or inf values")
     return t
@@ -42,29 +47,38 @@ def normalize_intensity(image: torch.Tensor, low: float = 0.0, high: float = 99.
     return ((image - lo) / (hi - lo)).clamp(0, 1)
 
 
+def centred_padding(shape: tuple[int, ...], multiple: int) -> list[tuple[int, int]]:
+    """(before, after) zero padding per axis that makes every side of ``shape`` divisible by ``multiple``."""
+    return [(((-n) % multiple) // 2, (-n) % multiple - ((-n) % multiple) // 2) for n in shape]
+
+
 @torch.no_grad()
 def register(
-    moving, fixed, model: nn.Module, normalize: bool = True, iterations: int | None = None
+    moving, fixed, model: RegistrationModel, normalize: bool = True, iterations: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(warped (H, W), flow (2, H, W)) as numpy: ``moving`` registered to ``fixed`` by ``model``.
+    """(warped (*S), flow (ndim, *S)) as numpy: ``moving`` registered to ``fixed`` by ``model``.
 
-    Inputs are 2D numpy arrays or tensors of the same size, any H x W. With ``normalize`` each image is
-    rescaled to [0, 1] (percentiles 0 and 99.5) as the models were trained; the images are zero-padded to
-    the model's size multiple, registered, and cropped back. ``warped`` is the original (unnormalized) moving
-    image resampled by the field, so it keeps the input's intensities.
+    Inputs are numpy arrays or tensors of the same size with the model's number of axes (``model.ndim``: 2D
+    images, or 3D volumes for a 3D model), any size. With ``normalize`` each image is rescaled to [0, 1]
+    (percentiles 0 and 99.5) as the models were trained; the images are zero-padded (centred) to the model's
+    ``size_multiple``, registered, and cropped back. ``warped`` is the original (unnormalized) moving image
+    resampled by the field, so it keeps the input's intensities.
     """
-    m = _to_2d_tensor(moving, "moving")
-    f = _to_2d_tensor(fixed, "fixed")
+    if not isinstance(model, RegistrationModel):
+        raise ValueError(
+            f"model must be a searchmorph_lite registration model (SearchMorph, VoxelMorph, or "
+            f"load_pretrained/load_checkpoint), got {type(model).__name__}"
+        )
+    m = to_image_tensor(moving, "moving", model.ndim)
+    f = to_image_tensor(fixed, "fixed", model.ndim)
     if m.shape != f.shape:
         raise ValueError(f"moving and fixed differ in shape: {tuple(m.shape)} vs {tuple(f.shape)}")
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     m_in = normalize_intensity(m) if normalize else m
     f_in = normalize_intensity(f) if normalize else f
-    h, w = m.shape
-    mult = getattr(model, "size_multiple", 16)
-    ph, pw = (-h) % mult, (-w) % mult
-    pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)  # centre the image in the padded canvas
+    padding = centred_padding(tuple(m.shape), model.size_multiple)
+    pad = [n for before_after in reversed(padding) for n in before_after]  # F.pad wants the last axis first
 
     def prep(t: torch.Tensor) -> torch.Tensor:
         return F.pad(t[None, None].to(device=device, dtype=dtype), pad)
@@ -76,6 +90,7 @@ def register(
         result = model(prep(m_in), prep(f_in), **kwargs)
     finally:
         model.train(was_training)
-    flow = result.flow[:, :, pad[2] : pad[2] + h, pad[0] : pad[0] + w].double().cpu()
+    crop = tuple(slice(before, before + n) for (before, _), n in zip(padding, m.shape))
+    flow = result.flow[(slice(None), slice(None), *crop)].double().cpu()
     warped = warp(m[None, None], flow)
     return warped[0, 0].numpy(), flow[0].numpy()

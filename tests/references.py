@@ -130,3 +130,31 @@ def dice_naive(a: torch.Tensor, b: torch.Tensor, label: int) -> float:
     y = b == label
     total = int(x.sum() + y.sum())
     return float("nan") if total == 0 else 2 * int((x & y).sum()) / total
+
+
+def trilinear_at(volume: torch.Tensor, z: float, y: float, x: float) -> float:
+    """Trilinear value of a 3D tensor at (z, y, x) in array order, zero outside the grid (eq. 8 in 3D)."""
+    d, h, w = volume.shape
+    z0, y0, x0 = math.floor(z), math.floor(y), math.floor(x)
+    total = 0.0
+    for zz in (z0, z0 + 1):
+        for yy in (y0, y0 + 1):
+            for xx in (x0, x0 + 1):
+                if 0 <= zz < d and 0 <= yy < h and 0 <= xx < w:
+                    weight = (1 - abs(z - zz)) * (1 - abs(y - yy)) * (1 - abs(x - xx))
+                    total += float(volume[zz, yy, xx]) * weight
+    return total
+
+
+def warp_naive_3d(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """3D warp() with loops: out[b, c, p] = trilinear(image[b, c]) at p + flow[b, :, p]."""
+    out = torch.zeros_like(image)
+    b, c, d, h, w = image.shape
+    for n in range(b):
+        for i in range(d):
+            for j in range(h):
+                for k in range(w):
+                    z, y, x = (float(flow[n, a, i, j, k]) + p for a, p in enumerate((i, j, k)))
+                    for ch in range(c):
+                        out[n, ch, i, j, k] = trilinear_at(image[n, ch], z, y, x)
+    return out

@@ -8,7 +8,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from searchmorph_lite.data import load_dataset
-from searchmorph_lite.data.echo import contraction, convex_hull_mask, es_frame, make_echo_sequence, sector_geometry
+from searchmorph_lite.data.echo_clip import convex_hull_mask
+from searchmorph_lite.data.echo_synthetic import contraction, es_frame, make_echo_sequence, sector_geometry
 from searchmorph_lite.transform import warp
 
 

@@ -90,3 +90,13 @@ def test_echo_models_raise_ncc_on_the_real_clip(name):
         before.append(local_ncc(m[None, None], f[None, None]).mean().item())
         after.append(local_ncc(torch.from_numpy(warped)[None, None].float(), f[None, None]).mean().item())
     assert np.mean(after) > np.mean(before), (before, after)
+
+
+def test_model_card_of_a_shipped_model_names_its_data_budget_and_hardware():
+    from searchmorph_lite.provenance import card_of, describe
+
+    card = card_of(load_pretrained("brain2d", device="cpu"))
+    assert card["data"] == "brain2d" and len(card["image_size"]) == 2 and card["pairs"] > 0
+    assert card["epochs"] >= 1 and card["batch_size"] >= 1 and card["seconds"] > 0
+    line = describe("SearchMorph", card)
+    assert line.startswith("SearchMorph: pretrained, brain2d ") and f"{card['pairs']} pairs" in line

@@ -13,32 +13,36 @@ Generated data and caches live under :func:`data_root` (``$SEARCHMORPH_DATA``, d
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
 from torch.utils.data import Dataset
 
 from .common import SPLITS, check_options, check_split, data_root
 
-DATASETS = ("brain2d", "echo2d-synthetic", "echo2d-clip", "lpba40", "camus")
+# name -> (module of this package, Dataset class in it); each module also defines OPTIONS, the option names
+# its class accepts. Modules are imported on first use, so importing the package stays light.
+REGISTRY: dict[str, tuple[str, str]] = {
+    "brain2d": ("brain2d", "Brain2D"),
+    "echo2d-synthetic": ("echo_synthetic", "EchoSynthetic"),
+    "echo2d-clip": ("echo_clip", "EchoClip"),
+    "lpba40": ("lpba40", "Lpba40"),
+    "camus": ("camus", "Camus"),
+}
+DATASETS = tuple(REGISTRY)
 
-__all__ = ["DATASETS", "SPLITS", "data_root", "dataset_options", "load_dataset"]
+__all__ = ["DATASETS", "REGISTRY", "SPLITS", "data_root", "dataset_options", "load_dataset"]
+
+
+def _module(name: str):
+    if name not in REGISTRY:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    return import_module(f".{REGISTRY[name][0]}", __name__)
 
 
 def dataset_options(name: str) -> tuple[str, ...]:
     """Option names ``load_dataset(name, split, **options)`` accepts for dataset ``name``."""
-    if name == "brain2d":
-        from .brain2d import OPTIONS
-    elif name == "echo2d-synthetic":
-        from .echo import SYNTHETIC_OPTIONS as OPTIONS
-    elif name == "echo2d-clip":
-        from .echo import CLIP_OPTIONS as OPTIONS
-    elif name == "lpba40":
-        from .lpba40 import OPTIONS
-    elif name == "camus":
-        from .camus import OPTIONS
-    else:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
-    return tuple(OPTIONS)
+    return tuple(_module(name).OPTIONS)
 
 
 def load_dataset(name: str, split: str, **options: Any) -> Dataset:
@@ -49,24 +53,7 @@ def load_dataset(name: str, split: str, **options: Any) -> Dataset:
     lpba40: image_size, num_pairs; camus: image_size, num_pairs, views. For data that exists (clip, lpba40,
     camus, and echo2d-synthetic's pairs) num_pairs keeps at most that many pairs, evenly spread.
     """
-    check_options(name, options, dataset_options(name))
+    module = _module(name)
+    check_options(name, options, module.OPTIONS)
     check_split(split, SPLITS, name=name)
-    if name == "brain2d":
-        from .brain2d import Brain2D
-
-        return Brain2D(split, **options)
-    if name == "echo2d-synthetic":
-        from .echo import EchoSynthetic
-
-        return EchoSynthetic(split, **options)
-    if name == "echo2d-clip":
-        from .echo import EchoClip
-
-        return EchoClip(split, **options)
-    if name == "lpba40":
-        from .lpba40 import Lpba40
-
-        return Lpba40(split, **options)
-    from .camus import Camus
-
-    return Camus(split, **options)
+    return getattr(module, REGISTRY[name][1])(split, **options)

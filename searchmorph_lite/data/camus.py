@@ -40,7 +40,7 @@ from .common import (
     resize_images,
     resize_labels,
 )
-from .echo import ECHO_LABEL_NAMES
+from .echo_synthetic import ECHO_LABEL_NAMES
 from .io import read_volume, write_prepared
 from .sequences import SequencePairDataset
 

@@ -50,16 +50,17 @@ def check_options(name: str, options: Mapping[str, Any], accepted: Iterable[str]
         raise ValueError(f"{name} does not accept option(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}")
 
 
-def as_size(image_size: int | tuple[int, int] | list[int], what: str = "image_size") -> tuple[int, int]:
-    """(H, W) from an int (square) or a pair; raise ValueError unless both are integers >= 8."""
-    if isinstance(image_size, (int, np.integer)):
-        size = (int(image_size), int(image_size))
-    elif isinstance(image_size, (tuple, list)) and len(image_size) == 2:
-        size = (int(image_size[0]), int(image_size[1]))
-        if size != tuple(image_size):
+def as_size(image_size: int | tuple[int, ...] | list[int], what: str = "image_size", ndim: int = 2) -> tuple[int, ...]:
+    """Size with ``ndim`` sides from an int (a square or cube) or a sequence; ValueError unless all are ints >= 8."""
+    if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
+        size = (int(image_size),) * ndim
+    elif isinstance(image_size, (tuple, list)) and len(image_size) == ndim:
+        if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in image_size):
             raise ValueError(f"{what} must hold integers, got {image_size!r}")
+        size = tuple(int(n) for n in image_size)
     else:
-        raise ValueError(f"{what} must be an int or a pair (H, W), got {image_size!r}")
+        shape = "(H, W)" if ndim == 2 else "(D, H, W)"
+        raise ValueError(f"{what} must be an int or {ndim} integers {shape}, got {image_size!r}")
     if min(size) < 8:
         raise ValueError(f"{what} must be at least 8 pixels on each side, got {size}")
     return size
@@ -80,17 +81,23 @@ def evenly_spaced(n_available: int, n_wanted: int | None) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n_available - 1, n_wanted)).astype(np.int64))
 
 
-def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Images (N, C, *size), bilinear with antialiasing (area-like when shrinking), clipped to [0, 1]."""
-    if tuple(images.shape[-2:]) == tuple(size):
+def resize_images(images: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Images (N, C, *size), clipped to [0, 1]: bilinear with antialiasing in 2D, trilinear (area when shrinking)
+    in 3D, where torch has no antialiased trilinear mode."""
+    if tuple(images.shape[2:]) == tuple(size):
         return images
-    out = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    if len(size) == 2:
+        out = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    elif all(n <= m for n, m in zip(size, images.shape[2:])):
+        out = F.interpolate(images.float(), size=size, mode="area")
+    else:
+        out = F.interpolate(images.float(), size=size, mode="trilinear", align_corners=False)
     return out.clamp(0.0, 1.0)
 
 
-def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize_labels(labels: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """Label maps (N, C, *size), nearest neighbour so no new label values appear."""
-    if tuple(labels.shape[-2:]) == tuple(size):
+    if tuple(labels.shape[2:]) == tuple(size):
         return labels
     return F.interpolate(labels.float(), size=size, mode="nearest-exact").to(labels.dtype)
 
@@ -106,11 +113,13 @@ def pad_to_square(array: np.ndarray, value: float = 0.0, top_align: bool = False
 
 
 def smooth_random_field(
-    rng: np.random.Generator, shape: tuple[int, int], grid: tuple[int, int], channels: int = 1
+    rng: np.random.Generator, shape: tuple[int, ...], grid: tuple[int, ...], channels: int = 1
 ) -> np.ndarray:
-    """Smooth field (channels, *shape): N(0, 1) values on a coarse ``grid`` upsampled bicubically."""
+    """Smooth field (channels, *shape): N(0, 1) values on a coarse ``grid`` upsampled bicubically (2D) or
+    trilinearly (3D, where torch has no tricubic mode)."""
     coarse = torch.from_numpy(rng.standard_normal((1, channels, *grid)).astype(np.float32))
-    fine = F.interpolate(coarse, size=shape, mode="bicubic", align_corners=True)
+    mode = "bicubic" if len(shape) == 2 else "trilinear"
+    fine = F.interpolate(coarse, size=tuple(shape), mode=mode, align_corners=True)
     return fine[0].numpy()
 
 

@@ -1,4 +1,4 @@
-"""Embedded echo data: ``echo2d-synthetic`` (generated cine loops with exact labels) and ``echo2d-clip`` (a real one).
+"""``echo2d-synthetic``: generated apical cine loops with exact labels and the true ED-to-t field.
 
 echo2d-synthetic models an apical view with the probe at the top: a sector of 80 degrees, the left ventricle
 (label 1 blood pool, label 2 myocardium) as a truncated ellipse whose wall is open at the mitral plane, the other
@@ -15,9 +15,7 @@ It omits: out-of-plane motion and probe motion, valves, trabeculae and papillary
 own contraction, twist, acoustic shadowing, reverberation, dropout of walls parallel to the beam and the depth
 dependence of the point-spread function. Its speckle is a statistical model, not an acoustic simulation.
 
-echo2d-clip is the apical four-chamber cine that ships with pydicom (``pydicom.examples.get_path("ybr_color")``,
-30 frames at 33 ms, about one beat). It has no labels; evaluate it with image similarity, folding and cycle
-consistency. It is one clip of one subject, so it has only a "test" split.
+The real clip that tests a model trained on these loops is in :mod:`searchmorph_lite.data.echo_clip`.
 """
 
 from __future__ import annotations
@@ -36,22 +34,15 @@ from .common import (
     as_size,
     check_positive_int,
     check_split,
-    data_root,
-    evenly_spaced,
-    pad_to_square,
-    resize_images,
     rng_for,
-    save_cache,
     single_thread,
     smooth_random_field,
-    try_cache,
 )
 from .sequences import SequencePairDataset
 
 VIEWS = ("2CH", "3CH", "4CH")
 ECHO_LABEL_NAMES = ("background", "lv_blood_pool", "lv_myocardium")
-SYNTHETIC_OPTIONS = ("seed", "num_sequences", "frames", "image_size", "num_pairs", "views")
-CLIP_OPTIONS = ("image_size", "frames", "num_pairs")
+OPTIONS = ("seed", "num_sequences", "frames", "image_size", "num_pairs", "views")
 DEFAULT_NUM_SEQUENCES = {"train": 30, "val": 9, "test": 9}
 SECTOR_HALF_ANGLE = math.radians(40.0)
 ES_FRACTION = 0.4  # systole takes about 40 % of a cycle at rest
@@ -363,130 +354,3 @@ class EchoSynthetic(SequencePairDataset):
         seq = make_echo_sequence(self._keys(i), self._meta(i)["view"], self.frames, self.image_size[0])
         seq.update(self._meta(i))
         return seq
-
-
-# --- the real clip -------------------------------------------------------------------------------------------
-
-_CLIP_CACHE = "echo2d_clip_ybr_color_v2.npz"
-
-
-def _region_box(ds: Any, rows: int, cols: int) -> tuple[int, int, int, int]:
-    """(row0, row1, col0, col1) of the first ultrasound region, rescaled when it was given for a larger frame."""
-    regions = ds.get("SequenceOfUltrasoundRegions")
-    if not regions:
-        raise ValueError("the DICOM has no SequenceOfUltrasoundRegions to crop to")
-    r = regions[0]
-    x0, y0 = int(r.RegionLocationMinX0), int(r.RegionLocationMinY0)
-    x1, y1 = int(r.RegionLocationMaxX1), int(r.RegionLocationMaxY1)
-    # pydicom's example was downsampled 2x after acquisition but kept the original region coordinates; the
-    # smallest integer factor that puts the region inside the stored frame undoes that.
-    factor = 1
-    while x1 // factor >= cols or y1 // factor >= rows:
-        factor += 1
-        if factor > 8:
-            raise ValueError(f"ultrasound region {(x0, y0, x1, y1)} does not fit a {rows}x{cols} frame")
-    return y0 // factor, y1 // factor + 1, x0 // factor, x1 // factor + 1
-
-
-def convex_hull_mask(mask: np.ndarray) -> np.ndarray:
-    """Mask (H, W) bool of the pixels inside the convex hull of the True pixels of ``mask``."""
-    from scipy.spatial import ConvexHull, Delaunay
-
-    points = np.argwhere(mask).astype(np.float64)
-    if len(points) < 3:
-        raise ValueError("need at least 3 pixels to take a convex hull")
-    hull = Delaunay(points[ConvexHull(points).vertices])
-    grid = np.indices(mask.shape).reshape(2, -1).T
-    return (hull.find_simplex(grid) >= 0).reshape(mask.shape)
-
-
-def build_echo_clip(size: int = 160) -> dict[str, np.ndarray]:
-    """pydicom's A4C cine: "frames" (30, size, size) float32 in [0, 1] and "frame_time_ms" (scalar).
-
-    Steps: decode (JPEG baseline through Pillow), convert to grey (luma of RGB), crop to the ultrasound region,
-    keep the sector (convex hull of the largest bright component of the temporal maximum, which drops the depth
-    scale and text overlays), crop to it, pad to a square with the probe at the top, resize. We choose one
-    intensity scale for the whole clip (its 99.5th percentile inside the sector -> 1) because per-frame
-    scaling would fake brightness changes between frames.
-    """
-    import pydicom
-    from pydicom import examples
-
-    ds = pydicom.dcmread(examples.get_path("ybr_color"))
-    rgb = ds.pixel_array  # pydicom converts YBR_FULL_422 to RGB
-    if rgb.ndim != 4 or rgb.shape[-1] != 3:
-        raise ValueError(f"expected a colour cine (T, H, W, 3), got {rgb.shape}")
-    grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    r0, r1, c0, c1 = _region_box(ds, *grey.shape[1:])
-    grey = grey[:, r0:r1, c0:c1]
-    bright = ndi.uniform_filter(grey.max(axis=0), 5) > 12
-    components, n = ndi.label(bright)
-    if n == 0:
-        raise ValueError("no ultrasound sector found in the clip")
-    largest = 1 + int(np.argmax(ndi.sum(bright, components, range(1, n + 1))))
-    sector = convex_hull_mask(components == largest)
-    rows, cols = np.nonzero(sector)
-    box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
-    grey = grey[:, box[0], box[1]] * sector[box]
-    scale = np.percentile(grey[:, sector[box]], 99.5)
-    grey = pad_to_square(np.clip(grey / scale, 0.0, 1.0), top_align=True)
-    frames = resize_images(torch.from_numpy(grey)[:, None], (size, size))[:, 0].numpy()
-    return {"frames": frames.astype(np.float32), "frame_time_ms": np.float32(ds.get("FrameTime", 33.333))}
-
-
-def load_echo_clip(cache: bool = True) -> dict[str, np.ndarray]:
-    """The clip of :func:`build_echo_clip` at 160 x 160, read from ``<data root>/cache`` when cached."""
-    path = data_root() / "cache" / _CLIP_CACHE
-    if cache:
-        arrays = try_cache(path, ("frames", "frame_time_ms"))
-        if arrays is not None and arrays["frames"].shape[1:] == (160, 160):
-            return arrays
-    arrays = build_echo_clip(160)
-    if cache:
-        save_cache(path, **arrays)
-    return arrays
-
-
-class EchoClip(SequencePairDataset):
-    """``echo2d-clip``: one unlabelled A4C sequence (split "test" only); items pair frame 0 with frame t.
-
-    ``frames`` keeps that many frames, evenly spaced and always including frame 0; ``sequence(0)`` adds
-    "frame_time_ms" (mean time between kept frames).
-    """
-
-    name = "echo2d-clip"
-    has_labels = False
-
-    def __init__(
-        self, split: str, image_size: int = 160, frames: int | None = None, num_pairs: int | None = None
-    ) -> None:
-        if split in ("train", "val"):
-            raise ValueError(
-                "echo2d-clip is a single unlabelled clip of one subject, so it has only a 'test' split; "
-                "train on 'echo2d-synthetic' (or 'camus') and evaluate here"
-            )
-        self.split = check_split(split, ("test",), name=self.name)
-        size = as_size(image_size)
-        if size[0] != size[1]:
-            raise ValueError(f"echo2d-clip images are square, got image_size={image_size!r}")
-        clip = load_echo_clip()
-        video = torch.from_numpy(clip["frames"])[:, None]
-        keep = evenly_spaced(len(video), None if frames is None else check_positive_int(frames, "frames", minimum=2))
-        self._video = resize_images(video[keep], size)
-        # Mean time between kept frames (evenly spaced indices may differ by one frame).
-        self.frame_time_ms = float(clip["frame_time_ms"]) * (keep[-1] - keep[0]) / max(len(keep) - 1, 1)
-        self.image_size = size
-        self._num_frames = [len(keep)]
-        self._init_pairs(num_pairs)
-
-    def _meta(self, i: int) -> dict[str, Any]:
-        return {"view": "4CH", "subject": "pydicom-ybr_color"}
-
-    def _frames(self, i: int, ts: list[int]) -> tuple[torch.Tensor, None]:
-        return self._video[ts].clone(), None
-
-    def sequence(self, i: int) -> dict[str, Any]:
-        """The clip: "frames" (T, 1, H, W), "view", "subject", "frame_time_ms" (no labels)."""
-        out = super().sequence(i)
-        out["frame_time_ms"] = self.frame_time_ms
-        return out
