@@ -1,4 +1,9 @@
-"""Brute-force references: loops you can read, used to check the library's vectorized code."""
+"""Brute-force references: loops you can read, used to check the library's vectorized code.
+
+The tests compare every vectorized function against these, and the chapters show them (chapter 05 prints
+:func:`cost_volume_naive` and checks the library against it), so the book and the tests prove the same thing.
+They are slow on purpose: use them on small tensors only.
+"""
 
 from __future__ import annotations
 
@@ -33,16 +38,18 @@ def warp_naive(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def cost_volume_naive(fm: torch.Tensor, ff: torch.Tensor) -> torch.Tensor:
-    """Eq. 1 with four loops: C[b, i, j, k, l] = sum_d fm[b, d, i, j] * ff[b, d, k, l]."""
-    b, d, h, w = fm.shape
-    out = torch.zeros(b, h, w, h, w, dtype=fm.dtype)
-    for n in range(b):
-        for i in range(h):
-            for j in range(w):
-                for k in range(h):
-                    for l in range(w):
-                        out[n, i, j, k, l] = sum(float(fm[n, c, i, j] * ff[n, c, k, l]) for c in range(d))
+def cost_volume_naive(h_m: torch.Tensor, h_f: torch.Tensor) -> torch.Tensor:
+    """Cost volume (B, H, W, H, W) of two feature maps (B, D, H, W), with four loops (eq. 1).
+
+    C[b, i, j, k, l] = sum_d h_m[b, d, i, j] * h_f[b, d, k, l]
+    """
+    b, d, h, w = h_m.shape
+    out = torch.zeros(b, h, w, h, w, dtype=h_m.dtype)
+    for i in range(h):
+        for j in range(w):
+            for k in range(h):
+                for l in range(w):  # noqa: E741 -- the paper's index name
+                    out[:, i, j, k, l] = (h_m[:, :, i, j] * h_f[:, :, k, l]).sum(dim=1)
     return out
 
 
