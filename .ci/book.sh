@@ -28,7 +28,7 @@ now() { date +%s.%N; }
 since() { python -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(now)"; }
 fail() { echo "book: FAILED: $*" >&2; summary; exit 1; }
 summary() {
-  echo "== stage seconds:"; for k in tools papermill nbval build browser; do
+  echo "== stage seconds:"; for k in tools papermill nbval build wheel colab browser; do
     [ -n "${STAGE_SECONDS[$k]:-}" ] && printf '   %-10s %8s s\n' "$k" "${STAGE_SECONDS[$k]}"; done
   echo "== total: $(( $(date +%s) - START )) s"
 }
@@ -108,6 +108,21 @@ executed_by_build=$(grep -c "Executing notebook using" "$BUILD/book_build.log" |
 echo "build: exit $build_status; notebooks the build executed itself (cache misses): $executed_by_build"
 STAGE_SECONDS[build]=$(since "$t")
 [ "$build_status" -eq 0 ] || fail "jupyter-book build -W -n --keep-going (log: $BUILD/book_build.log)"
+
+# 3b. the package wheel, served by the book for Colab ---------------------------------------------------------------
+# Each chapter's setup cell, on Colab, reads <book url>/_static/wheels/LATEST (the wheel's file name) and
+# pip-installs <book url>/_static/wheels/<name>, so the book installs its own library even when the git URL is
+# unreachable. .ci/colab_check.py tests that route in a fresh venv against _build/html served on 127.0.0.1.
+t=$(now)
+wheels="$BUILD/html/_static/wheels"
+rm -rf "$BUILD/wheel" "$wheels" && mkdir -p "$BUILD/wheel" "$wheels"
+python -m pip wheel --quiet --no-deps -w "$BUILD/wheel" . > "$BUILD/wheel.log" 2>&1 \
+  || { cat "$BUILD/wheel.log"; fail "python -m pip wheel --no-deps ."; }
+wheel=$(cd "$BUILD/wheel" && ls searchmorph_lite-*.whl | head -n 1)
+[ -n "$wheel" ] || fail "no searchmorph_lite-*.whl in $BUILD/wheel"
+cp "$BUILD/wheel/$wheel" "$wheels/" && printf '%s\n' "$wheel" > "$wheels/LATEST"
+echo "wheel: $wheels/$wheel ($(du -h "$wheels/$wheel" | cut -f1)), named in $wheels/LATEST"
+STAGE_SECONDS[wheel]=$(since "$t")
 
 # 4. browser check ---------------------------------------------------------------------------------------------------
 t=$(now)
