@@ -1,0 +1,160 @@
+"""Figures the book's chapters share: SearchMorph's pipeline (Fig. 1) as a diagram, and the chapters' map of it.
+
+matplotlib is a book dependency, not the library's: it is imported inside the functions, so
+``import searchmorph_lite`` works without it.
+"""
+
+from __future__ import annotations
+
+# Fig. 1's boxes: key -> (label, short label for the one-row map, chapter, column, row of the two-row diagram).
+BOXES = {
+    "images": ("moving M\nfixed F", "M, F", "1", 0, 0),
+    "encoder": ("shared\nencoder", "encoder", "4", 1, 0),
+    "cost volume": ("cost\nvolume", "cost volume", "5", 2, 0),
+    "pyramid": ("correlation\npyramid", "pyramid", "6", 3, 0),
+    "search": ("diamond\nsearch", "search", "7", 3, 1),
+    "iterator": ("ConvGRU\niterator", "ConvGRU", "8", 2, 1),
+    "upsample": ("x2\nupsample", "upsample", "2", 1, 1),
+    "warp": ("warp\nM o Phi", "warp", "2", 0, 1),
+}
+ORDER = ["images", "encoder", "cost volume", "pyramid", "search", "iterator", "upsample", "warp"]
+# Arrows along the data flow: (from, to, key of the tensor they carry in ``shapes``).
+ARROWS = [
+    ("images", "encoder", "images"),
+    ("encoder", "cost volume", "features"),
+    ("cost volume", "pyramid", "volume"),
+    ("pyramid", "search", "pyramid"),
+    ("search", "iterator", "search map"),
+    ("iterator", "upsample", "field"),
+    ("upsample", "warp", "full field"),
+]
+# Colour-blind-safe (Okabe-Ito orange and blue): the highlighted box, the other boxes, the loop and context arrows.
+HIGHLIGHT, PLAIN, LOOP = "#E69F00", "#D9E6F2", "#0072B2"
+
+
+def draw_pipeline(ax, highlight: str | None = None, shapes: dict[str, str] | None = None, compact: bool = False):
+    """Draw Fig. 1 on ``ax``: a box per component, arrows labelled with ``shapes[key]`` (tensor shapes) if given.
+
+    ``highlight`` is a key of BOXES to colour (the "you are here" map); ``compact`` draws one row of boxes without
+    shape labels, the small map at the top of a chapter. Keys of ``shapes``: those of ARROWS, plus "context" and
+    "loop". Returns ``ax``.
+    """
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    shapes = shapes or {}
+    if compact:  # one row, left to right, in the order data flows
+        pos = {k: (1.3 * i, 0.0) for i, k in enumerate(ORDER)}
+        w, h, font = 1.08, 0.6, 9
+    else:  # two rows: encoder and correlation on top, then the iteration and warp from right to left
+        pos = {k: (3.3 * b[3], -2.1 * b[4]) for k, b in BOXES.items()}
+        w, h, font = 1.5, 0.8, 10
+    for key, (label, short, chapter, _, _) in BOXES.items():
+        x, y = pos[key]
+        ax.add_patch(
+            FancyBboxPatch(
+                (x - w / 2, y - h / 2),
+                w,
+                h,
+                boxstyle="round,pad=0.02,rounding_size=0.08",
+                facecolor=HIGHLIGHT if key == highlight else PLAIN,
+                edgecolor="#333333",
+                linewidth=1.6 if key == highlight else 0.8,
+            )
+        )
+        ax.text(
+            x,
+            y + (0.0 if compact else 0.06),
+            short if compact else label,
+            ha="center",
+            va="center",
+            fontsize=font,
+            fontweight="bold" if key == highlight else "normal",
+        )
+        if not compact:
+            ax.text(
+                x + w / 2 - 0.06,
+                y - h / 2 + 0.05,
+                f"ch. {chapter}",
+                ha="right",
+                va="bottom",
+                fontsize=font - 2,
+                color="#444444",
+            )
+
+    def side(key, where):
+        x, y = pos[key]
+        return {"left": (x - w / 2, y), "right": (x + w / 2, y), "top": (x, y + h / 2), "bottom": (x, y - h / 2)}[where]
+
+    def arrow(start, end, color="#333333", rad=0.0, label=None, at=None, va="bottom"):
+        ax.add_patch(
+            FancyArrowPatch(
+                start,
+                end,
+                arrowstyle="-|>",
+                mutation_scale=13,
+                color=color,
+                linewidth=1.3,
+                connectionstyle=f"arc3,rad={rad}",
+            )
+        )
+        if label:
+            x, y = at or ((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.08)
+            ax.text(x, y, label, ha="center", va=va, fontsize=font - 1, color=color, family="monospace")
+
+    for a, b, key in ARROWS:
+        (xa, ya), (xb, yb) = pos[a], pos[b]
+        if abs(ya - yb) < 1e-9:
+            arrow(
+                side(a, "right" if xb > xa else "left"),
+                side(b, "left" if xb > xa else "right"),
+                label=None if compact else shapes.get(key),
+            )
+        else:
+            arrow(side(a, "bottom"), side(b, "top"), label=shapes.get(key), at=(xa + 0.12, (ya + yb) / 2), va="center")
+            if shapes.get(key):
+                ax.texts[-1].set_ha("left")
+    # The loop: the new field goes back to the search, which looks around p + phi_t(p); the context reaches the GRU.
+    if compact:
+        arrow(side("iterator", "top"), side("search", "top"), color=LOOP, rad=0.6)
+        arrow(side("encoder", "bottom"), side("iterator", "bottom"), color=LOOP, rad=0.12)
+    else:
+        (xs, ys), (xi, _) = pos["search"], pos["iterator"]
+        arrow(
+            side("iterator", "bottom"),
+            side("search", "bottom"),
+            color=LOOP,
+            rad=0.5,
+            label=shapes.get("loop", "phi_t, once per iteration"),
+            at=((xs + xi) / 2, ys - h / 2 - 0.75),
+            va="top",
+        )
+        (xe, ye) = pos["encoder"]
+        arrow(
+            side("encoder", "bottom"),
+            side("iterator", "top"),
+            color=LOOP,
+            rad=0.15,
+            label=shapes.get("context", "context"),
+            at=((xe + xi) / 2 - 0.25, (ye + ys) / 2 + 0.05),
+            va="center",
+        )
+    xs_, ys_ = [p[0] for p in pos.values()], [p[1] for p in pos.values()]
+    ax.set_xlim(min(xs_) - w / 2 - 0.05, max(xs_) + w / 2 + 0.05)
+    ax.set_ylim(min(ys_) - h / 2 - (0.4 if compact else 1.2), max(ys_) + h / 2 + (0.45 if compact else 0.15))
+    ax.set_aspect("equal")
+    ax.axis("off")
+    return ax
+
+
+def you_are_here(component: str, title: str | None = None):
+    """Show the one-row map of Fig. 1 with ``component`` (a key of BOXES) highlighted; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    if component not in BOXES:
+        raise ValueError(f"component must be one of {sorted(BOXES)}, got {component!r}")
+    fig, ax = plt.subplots(figsize=(9.5, 1.5))
+    draw_pipeline(ax, highlight=component, compact=True)
+    name = BOXES[component][0].replace("\n", " ")
+    ax.set_title(title or f"You are here: the {name} in SearchMorph (Fig. 1, chapter 9)", fontsize=10, loc="left")
+    plt.show()
+    return fig
