@@ -10,6 +10,8 @@
 #      `jupyter-book build . --toc book/_toc.yml -W -n --keep-going`. With execute_notebooks: cache the build
 #      reuses this run's outputs instead of executing a third time; a notebook missing from the cache is executed
 #      by the build, and a failing cell or any warning fails it.
+#   3b. Colab route: the package wheel into _build/html/_static/wheels (+ LATEST, its file name), then
+#      .ci/colab_check.py runs a chapter's Colab install cell in a fresh venv against the locally served build.
 #   4. browser: .ci/browser_check.py serves _build/html on 127.0.0.1 and checks every page in headless Chromium
 #      (figures, widgets, equations, no errors, no CDN); screenshots in _build/screenshots/.
 # Environment:
@@ -123,6 +125,11 @@ wheel=$(cd "$BUILD/wheel" && ls searchmorph_lite-*.whl | head -n 1)
 cp "$BUILD/wheel/$wheel" "$wheels/" && printf '%s\n' "$wheel" > "$wheels/LATEST"
 echo "wheel: $wheels/$wheel ($(du -h "$wheels/$wheel" | cut -f1)), named in $wheels/LATEST"
 STAGE_SECONDS[wheel]=$(since "$t")
+t=$(now)
+echo "== Colab route: a fresh venv with torch, google.colab faked, the setup cell against this build (.ci/colab_check.py)"
+python .ci/colab_check.py "$BUILD/html" --workdir "$BUILD/colab_check"
+colab_status=$?
+STAGE_SECONDS[colab]=$(since "$t")
 
 # 4. browser check ---------------------------------------------------------------------------------------------------
 t=$(now)
@@ -137,4 +144,5 @@ awk -F'\t' '{ printf "   %-44s %8s  %s\n", $1, $2, $3 }' "$times"
 summary
 [ "$nbval_status" -eq 0 ] || { echo "book: FAILED: nbval (pytest exit $nbval_status)" >&2; exit 1; }
 [ "$browser_status" -eq 0 ] || { echo "book: FAILED: browser check" >&2; exit 1; }
+[ "$colab_status" -eq 0 ] || { echo "book: FAILED: Colab route (.ci/colab_check.py)" >&2; exit 1; }
 echo "book: OK"
