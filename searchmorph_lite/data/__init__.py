@@ -24,6 +24,7 @@ from .common import SPLITS, check_options, check_split, data_root
 # its class accepts. Modules are imported on first use, so importing the package stays light.
 REGISTRY: dict[str, tuple[str, str]] = {
     "brain2d": ("brain2d", "Brain2D"),
+    "brain2d-subjects": ("brain_subjects", "BrainSubjects2D"),
     "echo2d-synthetic": ("echo_synthetic", "EchoSynthetic"),
     "echo2d-clip": ("echo_clip", "EchoClip"),
     "lpba40": ("lpba40", "Lpba40"),

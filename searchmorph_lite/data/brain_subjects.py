@@ -1,0 +1,325 @@
+"""``brain2d-subjects``: inter-subject 2D brain MR pairs of "virtual subjects" made from every slice of MNI152.
+
+Why. ``brain2d`` registers neighbouring template slices to one atlas slice: each test moving slice sits 1 mm
+from two training slices, so a network can pass its test by memorising. Here, in the spirit of SynthMorph
+(Hoffmann et al., IEEE TMI 2022), every image of a pair is its own virtual subject, and the splits are slabs of
+the brain with a gap between them:
+
+* Source slices: every axial slice of the MNI152 2009a template (1 mm, from nilearn's wheel) from z = -40 to
+  +64 mm. Validation and test each hold three 3-mm slabs spread over the brain, and no training slice lies
+  within ``GAP_MM`` of a validation or test slice (:func:`split_slices`). ``near_copy_table`` measures how far the
+  test images really are from the training ones.
+* A pair is two subjects: the moving one from slice z, the fixed one from a slice of the same slab at most
+  1 mm away (slice-position error), each under its own random affine, large-scale and small-scale smooth
+  deformation (never folding), so the pair differs by both subjects' deformations.
+* Contrast (``contrast``): "t1" is the template's T1 with a random gamma; "synthetic" draws one random intensity
+  per tissue (CSF, grey, white matter) for the pair and mixes them with the tissue probability maps (partial
+  volume), so the network cannot rely on T1's ordering; "mixed" (training's default) takes either with
+  probability 1/2; "inverted" (a T2-like test contrast) is 1 - T1 inside the brain.
+* Artifacts (``artifacts``): a smooth multiplicative bias field, Gaussian blur and Rician noise, per image.
+
+Labels are exact: each subject's tissue labels (0 background, 1 CSF and other brain, 2 grey matter, 3 white
+matter, as ``brain2d``) warped with its own deformation (nearest). Images are scaled to [0, 1].
+
+What it cannot show: real inter-subject variability (folding patterns, ventricle size, pathology), scanner
+differences beyond gamma, bias, blur and noise, and the 56 LPBA40 structures. The out-of-distribution checks in
+the book use other contrasts, larger deformations (``max_displacement``) and far slices (``slices="far"``:
+z outside the training range) on top of these.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..metrics import jacobian_determinant
+from ..transform import warp
+from .brain2d import LABEL_NAMES, NATIVE_SIZE
+from .common import (
+    SPLIT_CODES,
+    as_size,
+    check_positive_int,
+    check_split,
+    data_root,
+    resize_images,
+    resize_labels,
+    rng_for,
+    save_cache,
+    single_thread,
+    smooth_random_field,
+    try_cache,
+)
+
+Z_RANGE_MM = (-40, 64)  # slices with enough brain for a 192 x 160 crop to be mostly brain
+FAR_Z_MM = tuple(range(-52, -43)) + tuple(range(68, 75))  # "far" out-of-distribution slices, outside Z_RANGE_MM
+HELD_OUT_MM = {
+    "val": ((-4, -2), (26, 28), (54, 56)),
+    "test": ((-19, -17), (11, 13), (41, 43)),
+}
+GAP_MM = 3  # no training slice within 3 mm of a validation or test slice
+DEFAULT_NUM_PAIRS = {"train": 2000, "val": 48, "test": 48}
+CONTRASTS = ("t1", "synthetic", "mixed", "inverted")
+OPTIONS = ("seed", "num_pairs", "image_size", "max_displacement", "contrast", "artifacts", "deform", "slices")
+_CACHE_NAME = "brain2d_subjects_mni152_v1.npz"
+_SLAB_KEYS = ("t1", "p_gm", "p_wm", "brain", "labels", "z_mm")
+
+
+def split_slices(split: str, slices: str = "split") -> tuple[int, ...]:
+    """z positions (mm) of the source slices of ``split``; ``slices="far"`` gives the out-of-range ones instead."""
+    check_split(split, name="brain2d-subjects")
+    if slices == "far":
+        return FAR_Z_MM
+    if slices != "split":
+        raise ValueError(f"slices must be 'split' or 'far', got {slices!r}")
+    if split in HELD_OUT_MM:
+        return tuple(z for lo, hi in HELD_OUT_MM[split] for z in range(lo, hi + 1))
+    held = [z for slabs in HELD_OUT_MM.values() for lo, hi in slabs for z in range(lo, hi + 1)]
+    return tuple(z for z in range(Z_RANGE_MM[0], Z_RANGE_MM[1] + 1) if min(abs(z - h) for h in held) > GAP_MM)
+
+
+def build_subject_slab() -> dict[str, np.ndarray]:
+    """Every axial slice from z = -60 to +80 mm, cropped to 192 x 160: "t1", "p_gm", "p_wm" (S, 192, 160) float32
+    in [0, 1], "brain" and "labels" (S, 192, 160) uint8, "z_mm" (S,). Reads nilearn's wheel (no network)."""
+    from nilearn import datasets  # lazy: nilearn takes a second to import
+    from scipy import ndimage as ndi
+
+    t1_img = datasets.load_mni152_template(resolution=1)
+    t1 = np.asarray(t1_img.get_fdata(dtype=np.float32))
+    gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).get_fdata(dtype=np.float32))
+    wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32))
+    mask = np.asarray(datasets.load_mni152_brain_mask(resolution=1).get_fdata(dtype=np.float32)) > 0.5
+    z_mm = np.arange(-60, 81)
+    ks = np.array([int(round(np.linalg.solve(t1_img.affine, np.array([0.0, 0.0, z, 1.0]))[2])) for z in z_mm])
+
+    def to_rows_cols(vol: np.ndarray) -> np.ndarray:
+        # (x, y, k) -> (k, y flipped so anterior is row 0, x): the orientation of brain2d
+        return np.ascontiguousarray(vol[:, :, ks].transpose(2, 1, 0)[:, ::-1, :])
+
+    ys = np.nonzero(mask.any(axis=(0, 2)))[0]
+    xs = np.nonzero(mask.any(axis=(1, 2)))[0]
+    n_y = t1.shape[1]
+    row_c = (n_y - 1 - ys.max() + n_y - 1 - ys.min()) // 2
+    col_c = (xs.min() + xs.max()) // 2
+    h, w = NATIVE_SIZE
+    r0, c0 = row_c - h // 2, col_c - w // 2
+
+    def crop(stack: np.ndarray) -> np.ndarray:
+        padded = np.pad(stack, [(0, 0), (h, h), (w, w)])
+        return padded[:, r0 + h : r0 + 2 * h, c0 + w : c0 + 2 * w]
+
+    t1s, gms, wms, masks = (crop(to_rows_cols(v)) for v in (t1, gm, wm, mask.astype(np.float32)))
+    brain = np.stack([ndi.binary_fill_holes(m > 0.5) for m in masks])
+    gms, wms = np.clip(gms, 0, 1) * brain, np.clip(wms, 0, 1) * brain
+    csf = np.clip(1.0 - gms - wms, 0.0, 1.0)
+    labels = np.where(brain, 1 + np.argmax(np.stack([csf, gms, wms]), axis=0), 0).astype(np.uint8)
+    return {
+        "t1": np.clip(t1s * brain, 0.0, 1.0).astype(np.float32),
+        "p_gm": gms.astype(np.float32),
+        "p_wm": wms.astype(np.float32),
+        "brain": brain.astype(np.uint8),
+        "labels": labels,
+        "z_mm": z_mm.astype(np.int64),
+    }
+
+
+def load_subject_slab(cache: bool = True) -> dict[str, np.ndarray]:
+    """The slab of :func:`build_subject_slab`, from ``<data root>/cache`` when cached and intact."""
+    path = data_root() / "cache" / _CACHE_NAME
+    if cache:
+        arrays = try_cache(path, _SLAB_KEYS)
+        if arrays is not None and _slab_is_valid(arrays):
+            return arrays
+    arrays = build_subject_slab()
+    if cache:
+        save_cache(path, **arrays)
+    return arrays
+
+
+def _slab_is_valid(arrays: dict[str, np.ndarray]) -> bool:
+    n = len(arrays["z_mm"])
+    shapes_ok = all(arrays[k].shape == (n, *NATIVE_SIZE) for k in ("t1", "p_gm", "p_wm", "brain", "labels"))
+    return shapes_ok and int(arrays["labels"].max(initial=0)) < len(LABEL_NAMES)
+
+
+def subject_deformation(rng: np.random.Generator, shape: tuple[int, int], max_displacement: float) -> torch.Tensor:
+    """A virtual subject's field (2, H, W) in pixels: affine jitter + large- and small-scale smooth warps, no folding.
+
+    Affine: rotation up to 6 degrees, isotropic scale up to 6 %, anisotropy up to 3 %, shift up to 4 px (scaled
+    with the image). Large scale: a 5 x 4 control grid, largest displacement U(0.3, 1) * ``max_displacement``;
+    small scale: a 12 x 10 grid, largest U(0, 0.25) * ``max_displacement``. The elastic part shrinks by 0.7 until
+    det(I + grad u) > 0.2 everywhere, so a subject never folds.
+    """
+    h, w = shape
+    scale = (h / NATIVE_SIZE[0] + w / NATIVE_SIZE[1]) / 2
+    theta = math.radians(rng.uniform(-6.0, 6.0))
+    zoom = math.exp(rng.uniform(-0.06, 0.06))
+    aniso = math.exp(rng.uniform(-0.03, 0.03))
+    shift = rng.uniform(-4.0, 4.0, size=2) * scale
+    rows, cols = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
+    cr, cc = (h - 1) / 2, (w - 1) / 2
+    dr, dc = (rows - cr) * zoom * aniso, (cols - cc) * zoom / aniso
+    src_r = cr + math.cos(theta) * dr - math.sin(theta) * dc + shift[0]
+    src_c = cc + math.sin(theta) * dr + math.cos(theta) * dc + shift[1]
+    affine = np.stack([src_r - rows, src_c - cols])
+    elastic = np.zeros_like(affine)
+    for grid, (lo, hi) in (((5, 4), (0.3, 1.0)), ((12, 10), (0.0, 0.25))):
+        part = smooth_random_field(rng, shape, grid=grid, channels=2)
+        part *= rng.uniform(lo, hi) * max_displacement / max(float(np.sqrt((part**2).sum(0)).max()), 1e-6)
+        elastic += part
+    for _ in range(20):
+        field = torch.from_numpy((affine + elastic).astype(np.float32))
+        if float(jacobian_determinant(field[None]).min()) > 0.2:
+            return field
+        elastic *= 0.7
+    return torch.from_numpy(affine.astype(np.float32))
+
+
+def _artifacts(rng: np.random.Generator, image: torch.Tensor) -> torch.Tensor:
+    """Image (H, W) with a bias field exp(N(0, s^2)), s in [0, 0.25], blur sigma in [0, 1] px, Rician noise."""
+    from scipy import ndimage as ndi
+
+    h, w = image.shape
+    x = image.numpy() * np.exp(rng.uniform(0.0, 0.25) * smooth_random_field(rng, (h, w), grid=(4, 4))[0])
+    x = ndi.gaussian_filter(x, rng.uniform(0.0, 1.0))
+    sigma = rng.uniform(0.0, 0.04)
+    n1, n2 = (rng.standard_normal((h, w)).astype(np.float32) * sigma for _ in range(2))
+    return torch.from_numpy(np.sqrt((x + n1) ** 2 + n2**2).astype(np.float32))
+
+
+def _rescale(image: torch.Tensor) -> torch.Tensor:
+    """Image divided by its 99.5th percentile and clipped to [0, 1] (as ``register`` normalizes)."""
+    hi = torch.quantile(image.flatten(), 0.995)
+    return (image / hi).clamp(0, 1) if hi > 0 else image
+
+
+class BrainSubjects2D(Dataset):
+    """Inter-subject brain pairs: items {"moving", "fixed"} (1, H, W) float in [0, 1], label maps (1, H, W) int64.
+
+    Items are generated on access, deterministically from (seed, split, index). Extra keys: "subject" (str),
+    "moving_z_mm" and "fixed_z_mm" (int), "contrast" (str: the contrast this pair got).
+    """
+
+    name = "brain2d-subjects"
+    num_labels = len(LABEL_NAMES)
+    label_names = LABEL_NAMES
+
+    def __init__(
+        self,
+        split: str,
+        seed: int = 0,
+        num_pairs: int | None = None,
+        image_size: int | tuple[int, int] = NATIVE_SIZE,
+        max_displacement: float = 8.0,
+        contrast: str | None = None,
+        artifacts: bool = True,
+        deform: str = "both",
+        slices: str = "split",
+    ) -> None:
+        self.split = check_split(split, name=self.name)
+        self.seed = check_positive_int(seed, "seed", minimum=0)
+        self.num_pairs = DEFAULT_NUM_PAIRS[split] if num_pairs is None else check_positive_int(num_pairs, "num_pairs")
+        self.image_size = as_size(image_size)
+        if isinstance(max_displacement, bool) or not (
+            isinstance(max_displacement, (int, float)) and 0 <= max_displacement <= 40
+        ):
+            raise ValueError(f"max_displacement must be a number of pixels in [0, 40], got {max_displacement!r}")
+        self.max_displacement = float(max_displacement)
+        self.contrast = ("mixed" if split == "train" else "t1") if contrast is None else contrast
+        if self.contrast not in CONTRASTS:
+            raise ValueError(f"contrast must be one of {', '.join(CONTRASTS)}, got {contrast!r}")
+        if not isinstance(artifacts, bool):
+            raise ValueError(f"artifacts must be true or false, got {artifacts!r}")
+        self.artifacts = artifacts
+        if deform not in ("both", "moving"):
+            raise ValueError(f"deform must be 'both' (two virtual subjects) or 'moving', got {deform!r}")
+        self.deform = deform
+        self.z_mm = split_slices(split, slices)
+        slab = load_subject_slab()
+        index = [int(np.nonzero(slab["z_mm"] == z)[0][0]) for z in self.z_mm]
+        maps = {k: torch.from_numpy(slab[k][index].astype(np.float32)).unsqueeze(1) for k in ("t1", "p_gm", "p_wm")}
+        self._maps = {k: resize_images(v, self.image_size) for k, v in maps.items()}
+        labels = torch.from_numpy(slab["labels"][index].astype(np.int64)).unsqueeze(1)
+        self._labels = resize_labels(labels, self.image_size)
+        self._pixel_scale = (self.image_size[0] / NATIVE_SIZE[0] + self.image_size[1] / NATIVE_SIZE[1]) / 2
+
+    def __len__(self) -> int:
+        return self.num_pairs
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self.num_pairs:
+            raise IndexError(f"index {index} out of range for {self.name} {self.split} with {self.num_pairs} pairs")
+        with single_thread():
+            return self._pair(index)
+
+    def _partner(self, rng: np.random.Generator, k: int) -> int:
+        """Index of the fixed subject's slice: the same slice or a neighbour 1 mm away in the same slab."""
+        near = [j for j in (k - 1, k, k + 1) if 0 <= j < len(self.z_mm) and abs(self.z_mm[j] - self.z_mm[k]) <= 1]
+        return int(rng.choice(near))
+
+    def _subject(self, rng: np.random.Generator, k: int, contrast: dict, deformed: bool) -> tuple[torch.Tensor, ...]:
+        if deformed:
+            flow = subject_deformation(rng, self.image_size, self.max_displacement * self._pixel_scale)[None]
+        else:
+            flow = torch.zeros(1, 2, *self.image_size)
+        maps = {name: warp(v[k : k + 1], flow)[0, 0] for name, v in self._maps.items()}
+        labels = warp(self._labels[k : k + 1].float(), flow, mode="nearest")[0].long()
+        if contrast["kind"] == "synthetic":
+            p_gm, p_wm = maps["p_gm"], maps["p_wm"]
+            brain = (labels[0] > 0).float()
+            p_csf = (brain - p_gm - p_wm).clamp(min=0)
+            image = contrast["csf"] * p_csf + contrast["gm"] * p_gm + contrast["wm"] * p_wm
+        elif contrast["kind"] == "inverted":
+            image = (1.0 - maps["t1"]) * (labels[0] > 0).float()
+        else:
+            image = maps["t1"]
+        image = image.clamp(min=0) ** math.exp(rng.uniform(-0.3, 0.3))
+        if self.artifacts:
+            image = _artifacts(rng, image)
+        return _rescale(image)[None], labels
+
+    def _pair(self, index: int) -> dict[str, Any]:
+        rng = rng_for(self.seed, SPLIT_CODES[self.split], index, 7)
+        k = index % len(self.z_mm)  # cycle through the split's slices so each is used evenly
+        j = self._partner(rng, k)
+        kind = self.contrast if self.contrast != "mixed" else ("synthetic" if rng.random() < 0.5 else "t1")
+        contrast = {"kind": kind, **dict(zip(("csf", "gm", "wm"), rng.uniform(0.05, 1.0, size=3).tolist()))}
+        moving, moving_labels = self._subject(rng, k, contrast, deformed=True)
+        fixed, fixed_labels = self._subject(rng, j, contrast, deformed=self.deform == "both")
+        return {
+            "moving": moving,
+            "fixed": fixed,
+            "moving_labels": moving_labels,
+            "fixed_labels": fixed_labels,
+            "subject": f"{self.name}-s{self.seed}-{self.split}-{index:05d}",
+            "moving_z_mm": int(self.z_mm[k]),
+            "fixed_z_mm": int(self.z_mm[j]),
+            "contrast": kind,
+        }
+
+
+def near_copy_table(splits: tuple[str, ...] = ("val", "test"), pairs: int = 48, train_pairs: int = 400) -> dict:
+    """For each split: the highest label Dice and the lowest MSE between any of its moving images and any of
+    ``train_pairs`` training moving images (T1 contrast, no artifacts, so only anatomy and deformation differ)."""
+    from ..metrics import dice
+    from . import load_dataset
+
+    def stack(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ds = load_dataset("brain2d-subjects", split, num_pairs=n, contrast="t1", artifacts=False)
+        items = [ds[i] for i in range(n)]
+        return torch.stack([it["moving"] for it in items]), torch.stack([it["moving_labels"] for it in items])
+
+    train_img, train_lab = stack("train", train_pairs)
+    out = {}
+    for split in splits:
+        img, lab = stack(split, pairs)
+        best_dice, best_mse = 0.0, math.inf
+        for i in range(len(img)):
+            d = torch.nanmean(dice(lab[i : i + 1].expand_as(train_lab), train_lab, [1, 2, 3]), dim=1)
+            best_dice = max(best_dice, float(d.max()))
+            best_mse = min(best_mse, float(((img[i : i + 1] - train_img) ** 2).flatten(1).mean(1).min()))
+        out[split] = {"max_label_dice": best_dice, "min_mse": best_mse}
+    return out

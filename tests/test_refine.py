@@ -1,0 +1,62 @@
+"""Test-time refinement: never raises the loss, zero steps is the network, a perfect field stays put."""
+
+import pytest
+import torch
+
+from searchmorph_lite import warp
+from searchmorph_lite.refine import refine_flow, refinement_loss
+
+from conftest import disc_pair
+
+
+def _shifted_pair(shift=(1.5, -2.0), size=48):
+    moving, *_ = disc_pair(size=size, shift=0.0, r_moving=12.0, r_fixed=12.0)
+    true = torch.zeros(1, 2, size, size)
+    true[:, 0], true[:, 1] = shift
+    fixed = warp(moving, true)  # fixed(p) = moving(p + shift): the true field is the constant shift
+    return moving, fixed, true
+
+
+@pytest.mark.parametrize("similarity,alpha", [("lncc", 2.0), ("mse", 0.01)])
+def test_refinement_never_raises_the_loss_and_lowers_it_from_a_bad_start(similarity, alpha):
+    moving, fixed, true = _shifted_pair()
+    start = 0.5 * true  # half way there
+    before = refinement_loss(moving, fixed, start, similarity, alpha).item()
+    for steps in (1, 5, 40):
+        refined = refine_flow(moving, fixed, start, steps, similarity, alpha, lr=0.2)
+        after = refinement_loss(moving, fixed, refined, similarity, alpha).item()
+        assert after <= before
+    assert after < before - 0.05 * abs(before)  # 40 steps really lower the loss
+    if similarity == "mse":  # MSE sees every textured pixel, so the field itself must approach the shift
+        assert (refined - true).abs().mean().item() < 0.5 * (start - true).abs().mean().item()
+
+
+def test_zero_steps_return_the_network_field_exactly():
+    moving, fixed, true = _shifted_pair()
+    start = 0.3 * true + 0.01 * torch.randn_like(true)
+    assert torch.equal(refine_flow(moving, fixed, start, 0), start)
+
+
+def test_refining_a_perfect_field_stays_put():
+    moving, fixed, true = _shifted_pair(shift=(0.0, 0.0))
+    refined = refine_flow(moving, fixed, true, 30, "mse", 0.0, lr=0.5)  # loss 0 already: nothing to gain
+    assert torch.equal(refined, true)
+
+
+def test_refinement_works_under_no_grad_and_in_3d():
+    g = torch.Generator().manual_seed(0)
+    moving = torch.rand(1, 1, 9, 8, 7, generator=g)
+    fixed = torch.roll(moving, 1, dims=2)
+    with torch.no_grad():
+        refined = refine_flow(moving, fixed, torch.zeros(1, 3, 9, 8, 7), 10, "mse", 0.01, lr=0.2)
+    assert refined.shape == (1, 3, 9, 8, 7) and not refined.requires_grad
+    assert refinement_loss(moving, fixed, refined, "mse", 0.01) <= refinement_loss(
+        moving, fixed, torch.zeros(1, 3, 9, 8, 7), "mse", 0.01
+    )
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True])
+def test_refine_steps_must_be_a_non_negative_integer(bad):
+    moving, fixed, true = _shifted_pair()
+    with pytest.raises(ValueError, match="refine steps"):
+        refine_flow(moving, fixed, true, bad)
