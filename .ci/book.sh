@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # The book's main job. Exits non-zero if any step fails.
 #   0. tools: chromium + chromedriver (Debian, installed if missing), the python3 kernel, and the widget JS,
-#      require.js and MathJax from the npm registry (.ci/offline_js.sh) into _build/offline_js.
+#      require.js and MathJax from the npm registry (.ci/offline_js.sh) into _build/offline_js. Then two checks
+#      of the chapters' sources: every Colab badge and install cell matches _config.yml
+#      (.ci/notebook_header.py --check), and code cells are at most 88 columns (ruff E501, notebooks/ruff.toml).
 #   1. papermill (.ci/run_notebook.py): every notebooks/NN_*.ipynb in order, at the defaults of its `parameters`
 #      cell (the CI scale), into _build/executed/. Seconds per notebook go to the log and _build/notebook_times.tsv.
-#   2. nbval: pytest --nbval-lax on the stored (committed) notebooks: re-runs them and compares the cells marked
-#      "# NBVAL_CHECK_OUTPUT" with their stored outputs (notebooks/sanitize.cfg masks addresses and timings).
+#   2. nbval: pytest --nbval-lax on the stored (committed) notebooks: re-runs them and compares the cells tagged
+#      nbval-check-output with their stored outputs (notebooks/sanitize.cfg masks addresses and timings). It runs
+#      with one thread (OMP_NUM_THREADS=1), while the stored outputs are written with PyTorch's default (all
+#      cores): a checked cell prints only digits that this change, and other machines, cannot reach. Then
+#      .ci/nbval_sensitivity.py proves the check can fail: with mse_loss perturbed by 1e-2 nbval must fail.
 #   3. build: the papermill outputs go into the book's jupyter-cache (.ci/cache_executed.py), then
 #      `jupyter-book build . --toc book/_toc.yml -W -n --keep-going`. With execute_notebooks: cache the build
 #      reuses this run's outputs instead of executing a third time; a notebook missing from the cache is executed
@@ -52,6 +57,9 @@ bash .ci/offline_js.sh "$BUILD/offline_js" || fail "fetching widget JS / require
 shopt -s nullglob
 notebooks=(notebooks/[0-9][0-9]_*.ipynb)
 [ ${#notebooks[@]} -gt 0 ] || fail "no notebooks/NN_*.ipynb found"
+python .ci/notebook_header.py --check || fail "a chapter's Colab header is stale: python .ci/notebook_header.py"
+ruff check --config notebooks/ruff.toml --select E501 "${notebooks[@]}" \
+  || fail "chapter code lines over 88 columns (the rendered page clips them)"
 STAGE_SECONDS[tools]=$(since "$t")
 
 # 1. papermill -----------------------------------------------------------------------------------------------------
@@ -87,9 +95,10 @@ echo "papermill: ${#failed[@]} failed; times in $times"
 # 2. nbval on the stored notebooks ---------------------------------------------------------------------------------
 t=$(now)
 echo "== 2/4 nbval (pytest --nbval-lax) on the stored notebooks"
-python -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout="$CELL_TIMEOUT" \
-  --sanitize-with notebooks/sanitize.cfg -p no:cacheprovider -q "${notebooks[@]}"
+OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m pytest --nbval-lax --nbval-current-env \
+  --nbval-cell-timeout="$CELL_TIMEOUT" --sanitize-with notebooks/sanitize.cfg -p no:cacheprovider -q "${notebooks[@]}"
 nbval_status=$?
+python .ci/nbval_sensitivity.py || nbval_status=1
 STAGE_SECONDS[nbval]=$(since "$t")
 
 if [ ${#failed[@]} -gt 0 ]; then

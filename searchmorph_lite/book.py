@@ -125,7 +125,7 @@ def draw_pipeline(ax, highlight: str | None = None, shapes: dict[str, str] | Non
             color=LOOP,
             rad=0.5,
             label=shapes.get("loop", "phi_t, once per iteration"),
-            at=((xs + xi) / 2, ys - h / 2 - 0.75),
+            at=((xs + xi) / 2, ys - h / 2 - 0.9),
             va="top",
         )
         (xe, ye) = pos["encoder"]
@@ -140,7 +140,7 @@ def draw_pipeline(ax, highlight: str | None = None, shapes: dict[str, str] | Non
         )
     xs_, ys_ = [p[0] for p in pos.values()], [p[1] for p in pos.values()]
     ax.set_xlim(min(xs_) - w / 2 - 0.05, max(xs_) + w / 2 + 0.05)
-    ax.set_ylim(min(ys_) - h / 2 - (0.4 if compact else 1.2), max(ys_) + h / 2 + (0.45 if compact else 0.15))
+    ax.set_ylim(min(ys_) - h / 2 - (0.4 if compact else 1.3), max(ys_) + h / 2 + (0.45 if compact else 0.15))
     ax.set_aspect("equal")
     ax.axis("off")
     return ax
