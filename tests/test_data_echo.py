@@ -179,3 +179,17 @@ def test_convex_hull_mask_fills_the_notch_of_an_l_shape():
     assert hull[7, 4] and hull[8, 5]  # the notch next to the corner is filled
     assert not hull[3, 8] and not hull[0, 0]  # beyond the diagonal stays out
     assert hull.sum() == pytest.approx(mask.sum() + 0.5 * 6 * 6, abs=8)
+
+
+def test_wide_variability_changes_the_scan_but_keeps_exact_labels_and_determinism():
+    std = load_dataset("echo2d-synthetic", "train", num_sequences=2, frames=6, image_size=64)
+    wide = load_dataset("echo2d-synthetic", "train", num_sequences=2, frames=6, image_size=64, variability="wide")
+    a, b, again = std.sequence(1), wide.sequence(1), wide.sequence(1)
+    assert torch.equal(b["frames"], again["frames"]) and not torch.equal(a["frames"], b["frames"])
+    assert b["frames"].min() >= 0 and b["frames"].max() <= 1
+    assert set(b["labels"].unique().tolist()) == {0, 1, 2}
+    # labels of frame t are frame 0's labels carried by the true field, as in the standard simulator
+    moved = warp(b["labels"][:1].float(), b["flows"][3:4], mode="nearest").long()
+    assert (moved == b["labels"][3:4]).float().mean() > 0.97
+    with pytest.raises(ValueError, match="variability"):
+        load_dataset("echo2d-synthetic", "train", variability="extreme")

@@ -21,7 +21,7 @@ The real clip that tests a model trained on these loops is in :mod:`searchmorph_
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -42,7 +42,8 @@ from .sequences import SequencePairDataset
 
 VIEWS = ("2CH", "3CH", "4CH")
 ECHO_LABEL_NAMES = ("background", "lv_blood_pool", "lv_myocardium")
-OPTIONS = ("seed", "num_sequences", "frames", "image_size", "num_pairs", "views")
+OPTIONS = ("seed", "num_sequences", "frames", "image_size", "num_pairs", "views", "variability")
+VARIABILITIES = ("standard", "wide")
 DEFAULT_NUM_SEQUENCES = {"train": 30, "val": 9, "test": 9}
 SECTOR_HALF_ANGLE = math.radians(40.0)
 ES_FRACTION = 0.4  # systole takes about 40 % of a cycle at rest
@@ -78,20 +79,61 @@ class HeartGeometry:
     cavities: tuple  # ((kind, centre, axis, half_length, half_width), ...) for unlabelled chambers
 
 
+@dataclass(frozen=True)
+class Imaging:
+    """How a sequence is scanned and displayed: sector, speckle, gains, compression, noise, motion amplitude."""
+
+    half_angle: float = SECTOR_HALF_ANGLE  # radians
+    depth: float = 0.95  # sector depth as a fraction of the image side
+    heart_scale: float = 1.0  # multiplies every length of the heart
+    speckle_sigma: tuple[float, float] = (0.7, 1.5)  # speckle correlation (depth, lateral) in px at 160 x 160
+    blood: float = 0.04  # blood reflectivity (haze in the cavities)
+    log_gain: float = 0.0  # display compression: log1p(g x) / log1p(g); 0 is linear
+    noise: float = 0.02  # electronic noise sigma
+    blur: float = 0.0  # extra Gaussian blur of each frame (px at 160 x 160)
+    motion: float = 1.0  # multiplies the contraction amplitudes drawn for the heart
+
+
+STANDARD_IMAGING = Imaging()
+
+
+def draw_imaging(rng: np.random.Generator) -> Imaging:
+    """Random scan and display settings for ``variability="wide"``.
+
+    We widen what separates our simulator from real clips (pydicom's A4C, CAMUS): wider and shallower
+    sectors, larger hearts, coarser speckle, hazier cavities, logarithmic display compression, more noise and
+    blur, and 0.7-1.3x the motion amplitude. Ranges are our choice, set by eye on the two kinds of images.
+    """
+    return Imaging(
+        half_angle=math.radians(rng.uniform(35.0, 50.0)),
+        depth=rng.uniform(0.85, 1.0),
+        heart_scale=rng.uniform(0.9, 1.25),
+        speckle_sigma=(rng.uniform(0.7, 2.0), rng.uniform(1.5, 3.5)),
+        blood=rng.uniform(0.02, 0.15),
+        log_gain=float(rng.choice([0.0, rng.uniform(2.0, 30.0)])),
+        noise=rng.uniform(0.01, 0.05),
+        blur=rng.uniform(0.0, 1.5),
+        motion=rng.uniform(0.7, 1.3),
+    )
+
+
 def _unit(angle: float) -> np.ndarray:
     return np.array([math.cos(angle), math.sin(angle)])
 
 
-def draw_geometry(rng: np.random.Generator, view: str, size: int) -> HeartGeometry:
-    """Random heart geometry for ``view`` ("2CH", "3CH", "4CH") in an image of ``size`` x ``size`` pixels."""
+def draw_geometry(rng: np.random.Generator, view: str, size: int, scale: float = 1.0) -> HeartGeometry:
+    """Random heart geometry for ``view`` ("2CH", "3CH", "4CH") in an image of ``size`` x ``size`` pixels.
+
+    ``scale`` multiplies the heart's lengths (not its position near the probe).
+    """
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; expected one of {', '.join(VIEWS)}")
-    s = size / 160.0
+    s = size / 160.0 * scale
     col_shift, tilt = {"2CH": ((-4, 4), (-6, 6)), "3CH": ((-8, -2), (-10, -2)), "4CH": ((2, 8), (2, 10))}[view]
     tilt = math.radians(rng.uniform(*tilt))
     axis = _unit(tilt)  # (row, col): tilt > 0 leans the base to the right
     normal = np.array([-axis[1], axis[0]])
-    apex = np.array([rng.uniform(24, 32) * s, (size - 1) / 2 + rng.uniform(*col_shift) * s])
+    apex = np.array([rng.uniform(24, 32) * size / 160.0, (size - 1) / 2 + rng.uniform(*col_shift) * s])
     length, width, wall = rng.uniform(78, 92) * s, rng.uniform(19, 25) * s, rng.uniform(7.5, 10.5) * s
     base = apex + axis * length
     gap = 0.8 * wall  # atrioventricular plane tissue between ventricle and atrium
@@ -204,39 +246,50 @@ def contraction_flow(geo: HeartGeometry, c: float) -> np.ndarray:
     return (ed - p).astype(np.float32)
 
 
-def sector_geometry(size: int) -> tuple[np.ndarray, np.ndarray]:
+def sector_geometry(
+    size: int, half_angle: float = SECTOR_HALF_ANGLE, depth_fraction: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
     """Depth from the probe (H, W) in pixels and the sector mask (H, W) bool of the apical view."""
     p = _grid(size)
     probe = np.array([3.0 * size / 160.0, (size - 1) / 2])
     dr, dc = p[0] - probe[0], p[1] - probe[1]
     depth = np.hypot(dr, dc)
-    inside = (depth <= 0.95 * size) & (np.abs(np.arctan2(dc, np.maximum(dr, 1e-9))) <= SECTOR_HALF_ANGLE) & (dr > 0)
+    inside = (depth <= depth_fraction * size) & (np.abs(np.arctan2(dc, np.maximum(dr, 1e-9))) <= half_angle) & (dr > 0)
     return depth, inside
 
 
-def _speckle(rng: np.random.Generator, size: int) -> np.ndarray:
-    # Complex Gaussian field (2, H, W) with unit power, correlated over ~1 px in depth and ~2 px laterally.
+def _speckle(rng: np.random.Generator, size: int, sigma: tuple[float, float] = (0.7, 1.5)) -> np.ndarray:
+    # Complex Gaussian field (2, H, W) with unit power, correlated over ~sigma px in depth and laterally.
     s = size / 160.0
     z = rng.standard_normal((2, size, size))
-    z = np.stack([ndi.gaussian_filter(c, sigma=(0.7 * s, 1.5 * s)) for c in z])
+    z = np.stack([ndi.gaussian_filter(c, sigma=(sigma[0] * s, sigma[1] * s)) for c in z])
     return z / np.sqrt((z**2).sum(axis=0).mean())
 
 
 def make_echo_sequence(
-    seed: int | tuple[int, ...], view: str = "4CH", frames: int = 20, image_size: int = 160, ts: list[int] | None = None
+    seed: int | tuple[int, ...],
+    view: str = "4CH",
+    frames: int = 20,
+    image_size: int = 160,
+    ts: list[int] | None = None,
+    variability: str = "standard",
 ) -> dict[str, Any]:
     """Cine dict: "frames" (T, 1, S, S) float in [0, 1], "labels" (T, 1, S, S) int64, "flows" (T, 2, S, S), "es_frame".
 
     ``flows[t]`` is the true field of the pair (frame 0 -> frame t): ``frames[0]`` sampled at p + flows[t](p)
     gives frame t's anatomy. With ``ts`` only those frames are made (in that order), which is how dataset
-    items stay cheap. Deterministic in (seed, view, frames, image_size).
+    items stay cheap. Deterministic in (seed, view, frames, image_size, variability). ``variability="wide"``
+    draws the scan and display settings of :func:`draw_imaging` per sequence (a separate random stream, so the
+    heart and its motion are those of the standard sequence with the same seed).
     """
+    if variability not in VARIABILITIES:
+        raise ValueError(f"variability must be one of {', '.join(VARIABILITIES)}, got {variability!r}")
     with single_thread():
-        return _make_echo_sequence(seed, view, frames, image_size, ts)
+        return _make_echo_sequence(seed, view, frames, image_size, ts, variability)
 
 
 def _make_echo_sequence(
-    seed: int | tuple[int, ...], view: str, frames: int, image_size: int, ts: list[int] | None
+    seed: int | tuple[int, ...], view: str, frames: int, image_size: int, ts: list[int] | None, variability: str
 ) -> dict[str, Any]:
     frames = check_positive_int(frames, "frames", minimum=3)
     size = check_positive_int(image_size, "image_size", minimum=32)
@@ -244,7 +297,10 @@ def _make_echo_sequence(
         raise ValueError(f"unknown view {view!r}; expected one of {', '.join(VIEWS)}")
     keys = tuple(seed) if isinstance(seed, tuple) else (seed,)
     rng = rng_for(*keys, VIEWS.index(view))
-    geo = draw_geometry(rng, view, size)
+    imaging = draw_imaging(rng_for(*keys, VIEWS.index(view), 77)) if variability == "wide" else STANDARD_IMAGING
+    geo = draw_geometry(rng, view, size, scale=imaging.heart_scale)
+    if imaging.motion != 1.0:
+        geo = replace(geo, alpha_long=geo.alpha_long * imaging.motion, alpha_radial=geo.alpha_radial * imaging.motion)
     labels0, blood = ed_anatomy(geo)
 
     # Reflectivity at ED: textured tissue, brighter myocardium, a bright pericardial line, dark blood.
@@ -256,14 +312,14 @@ def _make_echo_sequence(
     peri = _half_ellipse(p, base, geo.axis, geo.length + geo.wall + band, geo.width + geo.wall + band) & (labels0 == 0)
     refl = np.where(peri, 0.85, tissue)
     refl = np.where(labels0 == 2, myo, refl)
-    refl = np.where(blood, 0.04, refl)
+    refl = np.where(blood, imaging.blood, refl)
     refl = ndi.gaussian_filter(refl, sigma=1.0 * size / 160.0)
     decorrelation = ndi.gaussian_filter(np.where(blood, 1.0, 0.12), sigma=1.0)
-    speckle0 = _speckle(rng, size)
+    speckle0 = _speckle(rng, size, imaging.speckle_sigma)
     attenuation = rng.uniform(0.5, 1.0)
     clutter = rng.uniform(0.1, 0.3)
     gain = rng.uniform(0.9, 1.2)
-    depth, sector = sector_geometry(size)
+    depth, sector = sector_geometry(size, imaging.half_angle, imaging.depth)
     ramp = gain * np.exp(-attenuation * depth / size)
     haze = clutter * np.exp(-depth / (12.0 * size / 160.0))
 
@@ -277,12 +333,17 @@ def _make_echo_sequence(
         frng = rng_for(*keys, VIEWS.index(view), 1000 + t)  # per-frame speckle and noise, independent of ts
         flow = torch.from_numpy(contraction_flow(geo, contraction(t, frames)))[None]
         r, zr, zi, eps = warp(ed_stack, flow, mode="bilinear", padding_mode="border")[0].numpy()
-        fresh = _speckle(frng, size)
+        fresh = _speckle(frng, size, imaging.speckle_sigma)
         eps = np.clip(eps, 0.0, 1.0)
         keep = np.sqrt(1.0 - eps)
         envelope = np.hypot(keep * zr + np.sqrt(eps) * fresh[0], keep * zi + np.sqrt(eps) * fresh[1])
         envelope /= math.sqrt(math.pi) / 2  # Rayleigh mean of unit-power speckle -> mean 1
-        image = (r * ramp + haze) * envelope + 0.02 * frng.standard_normal((size, size))
+        image = (r * ramp + haze) * envelope
+        if imaging.blur:
+            image = ndi.gaussian_filter(image, imaging.blur * size / 160.0)
+        if imaging.log_gain:
+            image = np.log1p(imaging.log_gain * np.clip(image, 0.0, None)) / math.log1p(imaging.log_gain)
+        image = image + imaging.noise * frng.standard_normal((size, size))
         image = np.clip(image * sector, 0.0, 1.0).astype(np.float32)
         lab = warp(ed_labels, flow, mode="nearest")[0].long() * torch.from_numpy(sector)
         out_frames.append(torch.from_numpy(image)[None])
@@ -317,8 +378,12 @@ class EchoSynthetic(SequencePairDataset):
         image_size: int = 160,
         num_pairs: int | None = None,
         views: tuple[str, ...] | list[str] = VIEWS,
+        variability: str = "standard",
     ) -> None:
         self.split = check_split(split, name=self.name)
+        if variability not in VARIABILITIES:
+            raise ValueError(f"variability must be one of {', '.join(VARIABILITIES)}, got {variability!r}")
+        self.variability = variability
         self.seed = check_positive_int(seed, "seed", minimum=0)
         n = (
             DEFAULT_NUM_SEQUENCES[split]
@@ -345,12 +410,16 @@ class EchoSynthetic(SequencePairDataset):
         return {"view": self.views[i % len(self.views)], "subject": f"echo-s{self.seed}-{self.split}-{i:03d}"}
 
     def _frames(self, i: int, ts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        seq = make_echo_sequence(self._keys(i), self._meta(i)["view"], self.frames, self.image_size[0], ts)
+        seq = make_echo_sequence(
+            self._keys(i), self._meta(i)["view"], self.frames, self.image_size[0], ts, self.variability
+        )
         return seq["frames"], seq["labels"]
 
     def sequence(self, i: int) -> dict[str, Any]:
         """Sequence ``i``: "frames", "labels" (T, 1, H, W), "flows" (T, 2, H, W), "es_frame", "view", "subject"."""
         self._check_sequence(i)
-        seq = make_echo_sequence(self._keys(i), self._meta(i)["view"], self.frames, self.image_size[0])
+        seq = make_echo_sequence(
+            self._keys(i), self._meta(i)["view"], self.frames, self.image_size[0], variability=self.variability
+        )
         seq.update(self._meta(i))
         return seq
