@@ -1,13 +1,14 @@
 """Write the student edition of the book's chapters: solutions removed, each exercise graded in the notebook.
 
-    python .ci/student_edition.py --out student/                  # every chapter
-    python .ci/student_edition.py --out key/ --with-solutions     # the teacher's answer key (stubs filled)
-    python .ci/student_edition.py --out student/ notebooks/02_warping.ipynb
+    python .ci/student_edition.py --out student                        # every chapter
+    python .ci/student_edition.py --out student_key --with-solutions   # the teacher's answer key (stubs filled)
+    python .ci/student_edition.py --out student notebooks/02_warping.ipynb
 
 For each notebooks/NN_*.ipynb: the outputs are cleared, every folded solution (a MyST ``{dropdown} Solution``
 block of the "## Exercises" cell) is removed, and each exercise is followed by a "your code here" cell and a check
 cell that grades it with the chapter's own objects and the library (asserts with a hint; "Exercise N: correct"
 when it passes). Exercises whose answer is an argument or a rerun of the chapter get an answer cell and say so.
+Write it next to notebooks/ (chapter 10 reads ../configs/); ruff skips student/ and student_key/.
 The stubs, checks and solutions are in .ci/student_exercises.yml; a chapter whose exercises and that file
 disagree (count, a solution left behind) is an error. tests/test_student_edition.py runs the stub and check cells:
 the checks fail on the blank stubs and pass with the solutions.
