@@ -96,11 +96,11 @@ def install_step(source: str) -> str:
 
 
 def setup_cell(notebook: Path) -> str:
-    """Source of the notebook's first code cell."""
+    """Source of the notebook's Colab install cell: the code cell tagged colab-install, else the first code cell."""
     nb = nbformat.read(notebook, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            return cell.source
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for cell in [c for c in code if "colab-install" in c.metadata.get("tags", [])] + code:
+        return cell.source
     raise SystemExit(f"colab: FAILED: {notebook} has no code cell")
 
 
@@ -148,7 +148,7 @@ def main() -> int:
     if args.contract_cell:
         cell, origin = CONTRACT_CELL, "the contract's copy (--contract-cell)"
     else:
-        cell, origin = setup_cell(args.notebook), f"{args.notebook}, first code cell"
+        cell, origin = setup_cell(args.notebook), f"{args.notebook}, its Colab install cell"
         if "_static/wheels" not in cell or "SEARCHMORPH_BOOK_URL" not in cell:
             raise SystemExit(
                 f"colab: FAILED: {origin} does not install from <book url>/_static/wheels/LATEST with "
