@@ -38,7 +38,6 @@ from torch.utils.data import Dataset
 
 from ..metrics import jacobian_determinant
 from ..transform import warp
-from .brain2d import LABEL_NAMES, NATIVE_SIZE
 from .common import (
     SPLIT_CODES,
     as_size,
@@ -53,6 +52,7 @@ from .common import (
     smooth_random_field,
     try_cache,
 )
+from .mni152 import LABEL_NAMES, NATIVE_SIZE, axial_slices
 
 Z_RANGE_MM = (-40, 64)  # slices with enough brain for a 192 x 160 crop to be mostly brain
 FAR_Z_MM = tuple(range(-52, -43)) + tuple(range(68, 75))  # "far" out-of-distribution slices, outside Z_RANGE_MM
@@ -82,48 +82,9 @@ def split_slices(split: str, slices: str = "split") -> tuple[int, ...]:
 
 
 def build_subject_slab() -> dict[str, np.ndarray]:
-    """Every axial slice from z = -60 to +80 mm, cropped to 192 x 160: "t1", "p_gm", "p_wm" (S, 192, 160) float32
-    in [0, 1], "brain" and "labels" (S, 192, 160) uint8, "z_mm" (S,). Reads nilearn's wheel (no network)."""
-    from nilearn import datasets  # lazy: nilearn takes a second to import
-    from scipy import ndimage as ndi
-
-    t1_img = datasets.load_mni152_template(resolution=1)
-    t1 = np.asarray(t1_img.get_fdata(dtype=np.float32))
-    gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).get_fdata(dtype=np.float32))
-    wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32))
-    mask = np.asarray(datasets.load_mni152_brain_mask(resolution=1).get_fdata(dtype=np.float32)) > 0.5
+    """Every axial slice from z = -60 to +80 mm (:func:`mni152.axial_slices`) plus "z_mm" (S,)."""
     z_mm = np.arange(-60, 81)
-    ks = np.array([int(round(np.linalg.solve(t1_img.affine, np.array([0.0, 0.0, z, 1.0]))[2])) for z in z_mm])
-
-    def to_rows_cols(vol: np.ndarray) -> np.ndarray:
-        # (x, y, k) -> (k, y flipped so anterior is row 0, x): the orientation of brain2d
-        return np.ascontiguousarray(vol[:, :, ks].transpose(2, 1, 0)[:, ::-1, :])
-
-    ys = np.nonzero(mask.any(axis=(0, 2)))[0]
-    xs = np.nonzero(mask.any(axis=(1, 2)))[0]
-    n_y = t1.shape[1]
-    row_c = (n_y - 1 - ys.max() + n_y - 1 - ys.min()) // 2
-    col_c = (xs.min() + xs.max()) // 2
-    h, w = NATIVE_SIZE
-    r0, c0 = row_c - h // 2, col_c - w // 2
-
-    def crop(stack: np.ndarray) -> np.ndarray:
-        padded = np.pad(stack, [(0, 0), (h, h), (w, w)])
-        return padded[:, r0 + h : r0 + 2 * h, c0 + w : c0 + 2 * w]
-
-    t1s, gms, wms, masks = (crop(to_rows_cols(v)) for v in (t1, gm, wm, mask.astype(np.float32)))
-    brain = np.stack([ndi.binary_fill_holes(m > 0.5) for m in masks])
-    gms, wms = np.clip(gms, 0, 1) * brain, np.clip(wms, 0, 1) * brain
-    csf = np.clip(1.0 - gms - wms, 0.0, 1.0)
-    labels = np.where(brain, 1 + np.argmax(np.stack([csf, gms, wms]), axis=0), 0).astype(np.uint8)
-    return {
-        "t1": np.clip(t1s * brain, 0.0, 1.0).astype(np.float32),
-        "p_gm": gms.astype(np.float32),
-        "p_wm": wms.astype(np.float32),
-        "brain": brain.astype(np.uint8),
-        "labels": labels,
-        "z_mm": z_mm.astype(np.int64),
-    }
+    return {**axial_slices(z_mm.tolist()), "z_mm": z_mm.astype(np.int64)}
 
 
 def load_subject_slab(cache: bool = True) -> dict[str, np.ndarray]:
