@@ -158,3 +158,15 @@ def you_are_here(component: str, title: str | None = None):
     ax.set_title(title or f"You are here: the {name} in SearchMorph (Fig. 1, chapter 9)", fontsize=10, loc="left")
     plt.show()
     return fig
+
+
+# One colour per method in every figure of the evaluation chapters (Okabe-Ito, safe for colour-blind readers).
+METHOD_COLORS = {
+    "Identity": "#999999",
+    "Affine": "#56B4E9",
+    "SyN": "#009E73",
+    "ElasticSyN": "#F0E442",
+    "VoxelMorph": "#E69F00",
+    "SearchMorph (w/o iter)": "#CC79A7",
+    "SearchMorph": "#0072B2",
+}
