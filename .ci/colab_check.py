@@ -251,7 +251,9 @@ def main() -> int:
         log(
             f"setup cell with SEARCHMORPH_BOOK_URL={dead} (unreachable): exit {res.returncode}, {time.time() - t:.0f} s"
         )
-        print(tail(out, 20), flush=True)
+        lines = out.strip().splitlines()  # what a reader sees: the lines naming the repository, and the last one
+        said = [ln for ln in lines[:-1] if repository in ln][:4] + lines[-1:]
+        print("\n".join("    | " + ln for ln in said), flush=True)
         if res.returncode == 0:
             failures.append("with the book unreachable and no network, the setup cell exited 0 (a silent failure)")
         elif repository not in out:
