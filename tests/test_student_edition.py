@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -58,6 +59,10 @@ def test_student_edition_keeps_exercises_and_drops_solutions(name):
     assert tagged(key, "exercise-stub") == [e["solution"].rstrip("\n") for e in graded]
 
 
+def squeeze(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
 def context_cells(nb: nbformat.NotebookNode, entry: dict) -> list[str]:
     """The chapter's setup cells (after the Colab install, through the cell after `parameters`), with the
     spec's parameter values appended to the parameters cell, then the cells the spec selects."""
@@ -68,10 +73,10 @@ def context_cells(nb: nbformat.NotebookNode, entry: dict) -> list[str]:
     overrides = "".join(f"{k} = {tuple(v) if isinstance(v, list) else v!r}\n" for k, v in values)
     setup = [c.source + ("\n" + overrides if i == params else "") for i, c in enumerate(code[: params + 2])]
     setup = setup[first:]
-    wanted = entry.get("cells", [])
-    missing = [w for w in wanted if not any(w in c.source for c in code)]
+    wanted = [squeeze(w) for w in entry.get("cells", [])]  # blind to line breaks and spaces: reformatting-proof
+    missing = [w for w in wanted if not any(w in squeeze(c.source) for c in code)]
     assert not missing, f"the chapter has no code cell containing {missing}"
-    picked = [c.source for c in code[params + 2 :] if any(w in c.source for w in wanted)]
+    picked = [c.source for c in code[params + 2 :] if any(w in squeeze(c.source) for w in wanted)]
     return setup + picked + ([entry["extra"]] if entry.get("extra") else [])
 
 
