@@ -101,8 +101,7 @@ def with_header(nb: nbformat.NotebookNode, s: dict, notebook: Path) -> nbformat.
         cell.id = f"{TAG}"
         nb.cells.insert(nb.cells.index(cells[0]), cell)
         cells[0].source = OLD_INSTALL.sub("", cells[0].source, count=1)
-    cell.source = install_source(s, notebook)
-    cell.outputs, cell.execution_count = [], None
+    cell.source = install_source(s, notebook)  # its outputs, if executed, stay (outside Colab: none)
     return nb
 
 
