@@ -18,7 +18,7 @@ import torch
 
 from ._checks import check_flow, check_image, check_same_spatial
 from ._nd import nd
-from .sampling import identity_grid, sample_points
+from .sampling import _sample_around, identity_grid, sample_points
 from .transform import warp
 
 
@@ -170,17 +170,17 @@ def _search_pooled(
     query: torch.Tensor, pooled: list[torch.Tensor], flow: torch.Tensor, radius: int, scale: float
 ) -> torch.Tensor:
     """Search map (B, L*K, *S): <query(p), pooled[l] sampled at (p + flow(p)) / 2^l + d> * scale, level-major."""
-    b, d = query.shape[:2]
     ndim = flow.ndim - 2
-    spatial = tuple(flow.shape[2:])
-    npix = math.prod(spatial)
+    grid = identity_grid(tuple(flow.shape[2:]), device=flow.device, dtype=flow.dtype)
+    offsets = diamond_offsets(radius, ndim).to(device=flow.device, dtype=flow.dtype)
+    query = query.unsqueeze(2)  # (B, D, 1, *S), broadcast over the K offsets
     maps = []
     for level, target in enumerate(pooled):
-        pos = _search_positions(flow, radius, level)  # (B, K, *S, ndim)
-        k = pos.shape[1]
-        sampled = sample_points(target, pos.reshape(b, k * npix, ndim))
-        sampled = sampled.reshape(b, d, k, *spatial)
-        maps.append(torch.einsum("bdk...,bd...->bk...", sampled, query) * scale)
+        centre = ((grid + flow) / 2**level).movedim(1, -1)  # (B, *S, ndim), as _search_positions
+        sampled = _sample_around(target, centre, offsets)  # (B, D, K, *S)
+        # D is small (4): a broadcast product summed over D beats einsum's bmm, which permutes both operands
+        # into (B * prod S, K, D) copies forward and backward.
+        maps.append((sampled * query).sum(1) * scale)
     return torch.cat(maps, dim=1)
 
 

@@ -84,6 +84,29 @@ def sample_points(values: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     return out.reshape(n, c, coords.shape[1])
 
 
+def _sample_around(values: torch.Tensor, centre: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Samples (N, C, K, *S) of ``values`` (N, C, *T) at pixel positions ``centre`` (N, *S, ndim) + ``offsets[k]``.
+
+    ``offsets`` (K, ndim); both row-first, (bi/tri)linear, zero outside: ``sample_points`` at every
+    centre + offset, with the same positions to the bit. The search (eq. 3) calls this with K diamond offsets
+    around every pixel. Flipping the small centre and offset tensors to (x, y[, z]) before broadcasting them
+    to (N, K, *S, ndim), rather than the broadcast grid after, saves one full copy of the grid per call.
+    """
+    spatial = tuple(values.shape[2:])
+    n, c = values.shape[:2]
+    k, ndim = offsets.shape
+    out_spatial = tuple(centre.shape[1:-1])
+    if min(spatial) < 2:  # grid_sample cannot address a one-pixel axis; the gather can
+        pos = centre.unsqueeze(1) + offsets.reshape(1, k, *[1] * len(out_spatial), ndim)
+        return bilinear_sample(values, pos.reshape(n, -1, ndim)).reshape(n, c, k, *out_spatial)
+    scale = torch.tensor([2.0 / (s - 1) for s in reversed(spatial)], dtype=values.dtype, device=values.device)
+    # contiguous: a centre made by movedim keeps channel-first strides, which the broadcast would copy to the grid
+    pos = centre.flip(-1).contiguous().unsqueeze(1) + offsets.flip(-1).reshape(1, k, *[1] * len(out_spatial), ndim)
+    grid = (pos.to(values.dtype) * scale - 1).reshape(n, k * out_spatial[0], *out_spatial[1:], ndim)
+    out = F.grid_sample(values, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out.reshape(n, c, k, *out_spatial)
+
+
 def sample_grid(
     image: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros"
 ) -> torch.Tensor:

@@ -19,6 +19,17 @@ def test_local_ncc_matches_sliding_window(window):
     assert torch.allclose(local_ncc(a, b, window), local_ncc_naive(a, b, window), atol=1e-9)
 
 
+def test_local_ncc_is_per_channel():
+    # the box sums of every channel run in one grouped convolution: each channel must still see only itself
+    g = torch.Generator().manual_seed(2)
+    a = torch.rand(2, 3, 9, 8, generator=g, dtype=torch.float64)
+    b = 0.5 * a + 0.5 * torch.rand(2, 3, 9, 8, generator=g, dtype=torch.float64)
+    out = local_ncc(a, b, 3)
+    for c in range(3):
+        expected = local_ncc_naive(a[:, c : c + 1], b[:, c : c + 1], 3)
+        assert torch.allclose(out[:, c : c + 1], expected, atol=1e-9)
+
+
 def test_lncc_is_minus_one_for_identical_textured_images():
     a = torch.rand(1, 1, 16, 16, dtype=torch.float64)
     assert lncc_loss(a, a, 5).item() == pytest.approx(-1.0, abs=1e-3)
