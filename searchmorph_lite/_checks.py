@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import torch
 
 
@@ -36,3 +39,82 @@ def check_same_spatial(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: st
         raise ValueError(f"batch sizes differ: {name_a} has {a.shape[0]}, {name_b} has {b.shape[0]}")
     if a.shape[2:] != b.shape[2:]:
         raise ValueError(f"spatial shapes differ: {name_a} is {tuple(a.shape[2:])}, {name_b} is {tuple(b.shape[2:])}")
+
+
+# More iterations than this only cost time: the paper runs 4 to 16, and the field stops changing after a few
+# dozen. 100 000 ran for 10 minutes and diverged, so we refuse before running.
+MAX_ITERATIONS = 1000
+
+
+def check_iterations(value: object, name: str = "iterations") -> int:
+    """``value`` as an int in [1, MAX_ITERATIONS]; ValueError naming ``name`` and the reason otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    if value > MAX_ITERATIONS:
+        raise ValueError(
+            f"{name}={value} is more than {MAX_ITERATIONS}: each iteration costs as much time as the first and "
+            f"the field stops changing after a few dozen (the paper uses 4 to 16)"
+        )
+    return int(value)
+
+
+def check_positive(value: object, name: str, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``; ValueError naming ``name`` otherwise (bools and floats refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+_DEVICE_HELP = "use cpu, cuda, cuda:N or mps (or leave it out: cuda when present, else cpu)"
+
+
+def check_device(device: str | torch.device | None) -> torch.device:
+    """The torch.device ``device`` names, checked to exist here; None or "auto" picks cuda when present, else cpu.
+
+    ValueError for names torch does not know ("gpu0") and for devices this machine or this torch build lacks.
+    """
+    if device is None or (isinstance(device, str) and device.strip().lower() in ("", "auto")):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device.strip() if isinstance(device, str) else device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}: {_DEVICE_HELP}") from None
+    if dev.type == "cuda":
+        if torch.version.cuda is None:
+            raise ValueError(
+                f"device {device!r}: this torch build ({torch.__version__}) has no CUDA support; use cpu, or "
+                f"install a CUDA build of torch"
+            )
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r}: no CUDA GPU is visible on this machine; use cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA GPU(s), numbered 0 to {count - 1}")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {device!r}: Apple's MPS is not available here; use cpu")
+    elif dev.type != "cpu":
+        raise ValueError(f"unsupported device {device!r}: {_DEVICE_HELP}")
+    return dev
+
+
+# Sentences of third-party messages that advise an unsafe load (torch's "re-run with weights_only=False", numpy's
+# "allow_pickle"): following them runs whatever code the file holds, so our messages never pass them on.
+_UNSAFE = re.compile(
+    r"weights_only`?\s*(=|set to|argument)|allow_pickle|arbitrary code|trusted source|"
+    r"torch\.load to learn|file an issue|weights only load failed",
+    re.IGNORECASE,
+)
+
+
+def one_line(message: object, limit: int = 600) -> str:
+    """``message`` (text or an exception) as one line of at most ``limit`` characters, unsafe advice removed."""
+    text = str(message) if not isinstance(message, BaseException) else (str(message) or type(message).__name__)
+    if isinstance(message, KeyError) and len(message.args) == 1:
+        text = f"missing key {message.args[0]!r}"  # str(KeyError) is just the repr of the key
+    sentences = re.split(r"(?<=[.!?])\s+|\n+", text)
+    kept = [s.strip() for s in sentences if s.strip() and not _UNSAFE.search(s)]
+    line = re.sub(r"\s+", " ", " ".join(kept)).strip() or "unreadable input"
+    return line if len(line) <= limit else line[: limit - 3] + "..."

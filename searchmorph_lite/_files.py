@@ -2,15 +2,27 @@
 
 Every file the library writes (checkpoints, NIfTI outputs, data caches, JSON) goes to a temporary file in the
 target's folder, named ``.<target name>.<random>.tmp``, is flushed to disk, and is renamed onto the target
-(``os.replace`` is atomic on one file system). A kill can leave such a temporary behind, never a broken target.
+(``os.replace`` is atomic on one file system). A kill can leave such a temporary behind, never a broken target;
+the next write of the same target removes the ones left by earlier writes (:func:`remove_stale_temporaries`).
+
+It also holds the checks every command runs on its output paths before any work (:func:`check_output_paths`)
+and the JSON writer that never writes NaN (:func:`json_text`).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
+import stat
 import tempfile
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 Writer = Callable[[str], None]  # writes the whole file at the path it is given
 
@@ -22,11 +34,15 @@ def readable_mode(path: str | os.PathLike) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def _temp_beside(path: Path) -> str:
-    suffix = ".tmp"
+def _temp_suffix(name: str) -> str:
     for ext in (".nii.gz", ".nii"):  # nibabel picks the format from the extension
-        if path.name.endswith(ext):
-            suffix = f".tmp{ext}"
+        if name.endswith(ext):
+            return f".tmp{ext}"
+    return ".tmp"
+
+
+def _temp_beside(path: Path) -> str:
+    suffix = _temp_suffix(path.name)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     readable_mode(tmp)
@@ -38,6 +54,52 @@ def _flush_to_disk(tmp: str) -> None:
         os.fsync(f.fileno())
 
 
+# A temporary older than this is stale: a live writer keeps its temporary's mtime fresh while it writes, and
+# renames it within seconds after; only a killed writer leaves one untouched for minutes.
+STALE_AFTER_S = 600.0
+# tempfile.mkstemp's random part: 8 characters of "abcdefghijklmnopqrstuvwxyz0123456789_"
+_RANDOM_PART = "[a-z0-9_]{8}"
+
+
+def stale_temporaries(target: str | os.PathLike, older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    """Temporaries (paths) that this writer left beside ``target`` and nobody has touched for ``older_than_s`` s.
+
+    Only regular files named exactly as :func:`atomic_write_many` names its temporaries for this target's name,
+    ``.<name>.<8 random characters>.tmp[.nii[.gz]]``, qualify: never another target's, never ``.foo.tmp`` or
+    ``x.tmp``, never a link or a folder.
+    """
+    target = Path(target)
+    pattern = re.compile(re.escape(f".{target.name}.") + _RANDOM_PART + re.escape(_temp_suffix(target.name)))
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return []
+    now = time.time()
+    stale = []
+    for entry in entries:
+        if not pattern.fullmatch(entry.name):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and now - st.st_mtime > older_than_s:
+            stale.append(Path(entry.path))
+    return stale
+
+
+def remove_stale_temporaries(target: str | os.PathLike, older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    """Paths removed: the :func:`stale_temporaries` of ``target`` (a kill during an earlier write left them)."""
+    removed = []
+    for path in stale_temporaries(target, older_than_s):
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:  # removed meanwhile by another writer, or not ours to remove: leave it
+            pass
+    return removed
+
+
 def atomic_write_many(items: Sequence[tuple[str | os.PathLike, Writer]]) -> list[Path]:
     """Paths written: each ``writer(temp)`` fills a temporary beside its target; only when all succeeded are
     they renamed onto their targets, so a failure leaves every target as it was."""
@@ -46,6 +108,7 @@ def atomic_write_many(items: Sequence[tuple[str | os.PathLike, Writer]]) -> list
     try:
         for target, (_, writer) in zip(targets, items):
             target.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(target)
             temps.append(_temp_beside(target))
             writer(temps[-1])
             _flush_to_disk(temps[-1])
@@ -65,3 +128,82 @@ def atomic_write(path: str | os.PathLike, writer: Writer) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Path written with ``text`` (UTF-8), atomically."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN and infinities replaced by None, numpy scalars and arrays by Python numbers and lists."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        return json_safe(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def json_text(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON text of ``obj``: NaN and infinities become null (JSON has no NaN), never invalid JSON."""
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> Path:
+    """Path written with :func:`json_text` of ``obj``, atomically."""
+    return atomic_write_text(path, json_text(obj, indent=indent) + "\n")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)  # hard links, bind mounts
+    except OSError:
+        return False
+
+
+def check_writable_folder(path: str | os.PathLike, label: str) -> None:
+    """Raise ValueError unless ``path`` (to be written, with its missing parents) can be created by this user."""
+    path = Path(path)
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        if parent.is_symlink():  # a dangling link: mkdir would fail later
+            break
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise ValueError(f"{label} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{label} {path}: the folder {parent} is not writable")
+
+
+def check_output_paths(
+    outputs: Mapping[str, str | os.PathLike | None],
+    inputs: Mapping[str, str | os.PathLike | None] | None = None,
+    suffixes: Sequence[str] = (),
+) -> None:
+    """Raise ValueError, before any work, when an output path would lose data or fail after the work is done.
+
+    ``outputs`` and ``inputs`` map a label (e.g. "--out") to a path (None entries are skipped). Refused: a wrong
+    suffix (when ``suffixes`` is given), an existing folder, a parent that is a file or not writable, two outputs
+    that are one file, and an output that is an input (compared as resolved paths and by inode, so links count).
+    An existing output file that is no input is replaced, as every command line tool does.
+    """
+    outs = {label: Path(p) for label, p in outputs.items() if p is not None and str(p) != ""}
+    ins = {label: Path(p) for label, p in (inputs or {}).items() if p is not None and str(p) != ""}
+    for label, path in outs.items():
+        if path.is_dir():
+            example = path / ("out" + (suffixes[0] if suffixes else ""))
+            raise ValueError(f"{label} {path} is a folder; give a file name such as {example}")
+        if suffixes and not any(path.name.endswith(s) for s in suffixes):
+            raise ValueError(f"{label} {path} must end in {' or '.join(suffixes)}")
+        check_writable_folder(path, label)
+    labels = list(outs)
+    for i, a in enumerate(labels):
+        for b in labels[i + 1 :]:
+            if _same_file(outs[a], outs[b]):
+                raise ValueError(f"{a} and {b} are the same file ({outs[a]}): one would overwrite the other")
+        for label, path in ins.items():
+            if _same_file(outs[a], path):
+                raise ValueError(f"{a} {outs[a]} is the {label} input: writing it would destroy the input")
