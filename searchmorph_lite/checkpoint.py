@@ -1,13 +1,26 @@
-"""Checkpoints: one file holding the model's kind, config, state dict and metadata, loadable with weights_only."""
+"""Checkpoints: one file holding the model's kind, config, state dict and metadata, loadable with weights_only.
+
+A file written by :func:`save_checkpoint` also holds "sha256", a digest of the model's kind, config and every
+weight tensor; :func:`read_checkpoint` recomputes it and refuses a file whose weights changed since. Files
+without it (the format-1 files shipped in ``pretrained/``) are still checked through the CRC-32 of every member
+of the zip archive torch writes, which catches flipped bytes too.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
+import re
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ._checks import check_device, one_line
 from ._files import atomic_write
 from .baselines import VoxelMorph, VoxelMorphConfig
 from .model import SearchMorph, SearchMorphConfig
@@ -26,16 +39,57 @@ _RENAMES_V1 = (  # (old prefix, new prefix) of SearchMorph keys, format 1 -> 2
 MODELS = {"SearchMorph": (SearchMorph, SearchMorphConfig), "VoxelMorph": (VoxelMorph, VoxelMorphConfig)}
 
 
+def _check_field_type(kind: str, name: str, annotation: object, value: object) -> None:
+    """Raise ValueError unless ``value`` fits a config field annotated ``annotation`` (int, bool, tuple of ints)."""
+    ann = str(annotation)
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if ann in ("int", "<class 'int'>") and not is_int:
+        raise ValueError(f"{kind} config: {name} must be an integer, got {value!r}")
+    if ann in ("bool", "<class 'bool'>") and not isinstance(value, bool):
+        raise ValueError(f"{kind} config: {name} must be true or false, got {value!r}")
+    if ann.startswith("tuple[int") and not (
+        isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        raise ValueError(f"{kind} config: {name} must be a list of integers, got {value!r}")
+
+
+def check_model_config(kind: str, config: dict | None = None) -> object:
+    """The config dataclass (SearchMorphConfig / VoxelMorphConfig) of ``kind`` from a dict, every field checked.
+
+    ValueError naming the model, the field and the value for unknown kinds, unknown fields and wrong types.
+    """
+    if not isinstance(kind, str) or kind not in MODELS:
+        raise ValueError(f"unknown model {kind!r}; choose one of {', '.join(sorted(MODELS))}")
+    config = {} if config is None else config
+    if not isinstance(config, dict):
+        raise ValueError(f"{kind} config must be a mapping of fields, got {type(config).__name__}")
+    config_cls = MODELS[kind][1]
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = sorted(str(k) for k in set(config) - set(fields))
+    if unknown:
+        raise ValueError(f"{kind} config: unknown field(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+    for name, value in config.items():
+        _check_field_type(kind, name, fields[name].type, value)
+    try:
+        return config_cls(**config)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"bad {kind} config: {one_line(err)}") from None
+
+
 def build_model(kind: str, config: dict | None = None) -> nn.Module:
     """A fresh model of ``kind`` ("SearchMorph" or "VoxelMorph") built from a config dict."""
-    if kind not in MODELS:
-        raise ValueError(f"unknown model {kind!r}; choose one of {sorted(MODELS)}")
-    model_cls, config_cls = MODELS[kind]
-    try:
-        cfg = config_cls(**(config or {}))
-    except TypeError as err:
-        raise ValueError(f"bad {kind} config: {err}") from None
-    return model_cls(cfg)
+    return MODELS[kind][0](check_model_config(kind, config))
+
+
+def state_digest(kind: str, config: dict, state: dict) -> str:
+    """SHA-256 (64 hex digits) of a model's kind, config and every tensor of its state dict (name, dtype, shape,
+    bytes): what :func:`save_checkpoint` stores and :func:`read_checkpoint` verifies."""
+    h = hashlib.sha256(json.dumps({"model": kind, "config": config}, sort_keys=True).encode())
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"\n{key}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def atomic_save(obj: object, path: str | os.PathLike) -> None:
@@ -53,32 +107,124 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, metadata: dict | 
     if kind not in MODELS:
         raise ValueError(f"can only save {sorted(MODELS)}, got {kind}")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    config = model.config.to_dict()
     ckpt = {
         "format": FORMAT,
         "model": kind,
-        "config": model.config.to_dict(),
+        "config": config,
         "state_dict": state,
         "metadata": dict(metadata or {}),
     }
     ckpt.update(extra)
+    ckpt["sha256"] = state_digest(kind, config, state)
     atomic_save(ckpt, path)
+
+
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """The checkpoint file ``path`` names: the file itself, or ``<folder>/checkpoint.pt`` for a training run folder.
+
+    FileNotFoundError naming the path when there is none.
+    """
+    path = Path(path)
+    if path.is_dir():
+        inner = path / "checkpoint.pt"
+        if inner.is_file():
+            return inner
+        raise FileNotFoundError(
+            f"{path} is a folder without checkpoint.pt (a training run folder holds one after its first epoch)"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return path
+
+
+def _check_zip_crcs(path: Path) -> None:
+    """Raise ValueError when a member of the zip archive torch wrote fails its CRC-32 (the file changed since).
+
+    Members stored without a CRC (torch.serialization.set_crc32_options(False) writes 0) are not checked.
+    """
+    member = "the archive"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.CRC == 0:
+                    continue
+                member = info.filename.split("/", 1)[-1]
+                with archive.open(info) as stream:  # reading to the end checks the CRC
+                    while stream.read(1 << 20):
+                        pass
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as err:
+        what = f"{member} fails its CRC-32 check" if "CRC" in str(err) else f"{member}: {one_line(err, 120)}"
+        raise ValueError(
+            f"{path} is damaged: its bytes changed after it was written ({what}); restore it from a backup or "
+            f"download/train it again"
+        ) from None
+
+
+def _torch_load(path: Path) -> object:
+    """``torch.load(path, weights_only=True)`` with torch's messages turned into one safe line (ValueError)."""
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise for our user
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt and foreign files
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found:  # the safe unpickler met a reference to Python code: the file is foreign or hostile
+            raise ValueError(
+                f"refused to load {path}: it refers to Python code ({found.group(1)}) that a safe load does not "
+                f"run, so it is not a searchmorph_lite checkpoint"
+            ) from None
+        reason = re.split(r"(?<=\.)\s", one_line(err, 300))[0]  # torch's first sentence; the rest is advice
+        raise ValueError(
+            f"cannot read checkpoint {path}: not a torch checkpoint, or damaged ({type(err).__name__}: {reason})"
+        ) from None
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """The checkpoint dict at ``path``, loaded with weights_only=True, its state dict in today's key format.
 
-    Clear errors when it is not one. The "format" entry says which format the file itself is in.
+    ``path`` may be a training run folder (its ``checkpoint.pt`` is read). Clear errors (ValueError,
+    FileNotFoundError, naming the file) when it is not one, when it is incomplete, when its bytes or weights
+    changed since it was written (zip CRC-32, and the SHA-256 digest that :func:`save_checkpoint` stores), or when
+    its weights hold NaN or inf. The "format" entry says which format the file itself is in.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt files
-        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") not in READABLE_FORMATS:
+    path = checkpoint_file(path)
+    if path.stat().st_size == 0:
+        raise ValueError(f"cannot read checkpoint {path}: the file is empty")
+    if zipfile.is_zipfile(path):
+        _check_zip_crcs(path)
+    ckpt = _torch_load(path)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("format"), str):
         raise ValueError(f"{path} is not a searchmorph_lite checkpoint (no '{FORMAT}' format tag)")
-    ckpt["state_dict"] = upgrade_state_dict(ckpt.get("model"), ckpt.get("state_dict", {}), ckpt["format"])
+    if ckpt["format"] not in READABLE_FORMATS:
+        if ckpt["format"].startswith("searchmorph_lite.checkpoint/"):
+            raise ValueError(
+                f"{path} has format {ckpt['format']!r}, newer than this searchmorph_lite reads; upgrade it"
+            )
+        raise ValueError(f"{path} is not a searchmorph_lite checkpoint (no '{FORMAT}' format tag)")
+    for key, kind in (("model", str), ("config", dict), ("state_dict", dict)):
+        if key not in ckpt:
+            raise ValueError(f"{path} is an incomplete searchmorph_lite checkpoint: it has no {key!r} entry")
+        if not isinstance(ckpt[key], kind):
+            raise ValueError(f"{path}: its {key!r} entry is a {type(ckpt[key]).__name__}, not a {kind.__name__}")
+    if ckpt["model"] not in MODELS:
+        raise ValueError(f"{path} holds an unknown model {ckpt['model']!r} (known: {', '.join(sorted(MODELS))})")
+    state = ckpt["state_dict"]
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{path}: state_dict entry {key!r} is a {type(value).__name__}, not a tensor")
+    if "sha256" in ckpt and ckpt["sha256"] != state_digest(ckpt["model"], ckpt["config"], state):
+        raise ValueError(
+            f"{path} is damaged: its weights do not match the SHA-256 digest stored when it was saved; restore it "
+            f"from a backup or download/train it again"
+        )
+    for key, value in state.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{path}: weight {key!r} holds NaN or inf values, so the checkpoint is unusable")
+    try:
+        ckpt["state_dict"] = upgrade_state_dict(ckpt["model"], state, ckpt["format"])
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     return ckpt
 
 
@@ -112,17 +258,45 @@ def load_checkpoint(
 
     ``expected_model`` ("SearchMorph"/"VoxelMorph") raises ValueError when the file holds another kind.
     """
+    device = check_device(device)
     ckpt = read_checkpoint(path)
     kind = ckpt["model"]
     if expected_model is not None and kind != expected_model:
         raise ValueError(f"{path} holds a {kind} checkpoint, expected {expected_model}")
-    model = build_model(kind, ckpt["config"])
     try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not match the {kind} config: {err}") from None
+        model = build_model(kind, ckpt["config"])
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    load_weights(model, ckpt["state_dict"], str(path))
     model.metadata = ckpt.get("metadata", {})
-    return model.to(device or default_device()).eval()
+    return model.to(device).eval()
+
+
+def load_weights(model: nn.Module, state: dict, source: str) -> None:
+    """Load ``state`` into ``model``; a mismatch is one short ValueError naming ``source`` (not torch's key list)."""
+    kind = type(model).__name__
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        hint = ""
+        for other, (model_cls, config_cls) in MODELS.items():
+            other_keys = set(model_cls(config_cls()).state_dict())
+            if other != kind and len(set(state) & other_keys) > len(set(state) & set(expected)):
+                hint = f"; they look like {other} weights"
+        example = (missing or unexpected)[0]
+        raise ValueError(
+            f"{source}: its weights do not fit a {kind}: {len(missing)} tensor(s) missing and {len(unexpected)} "
+            f"unexpected (e.g. {example!r}){hint}"
+        )
+    for key, value in expected.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            bad = sum(tuple(state[k].shape) != tuple(v.shape) for k, v in expected.items())
+            raise ValueError(
+                f"{source}: its weights do not fit this {kind} config: {key!r} has shape {tuple(state[key].shape)} "
+                f"in the file but {tuple(value.shape)} in the model ({bad} tensor(s) differ)"
+            )
+    model.load_state_dict(state)
 
 
 def default_device() -> torch.device:

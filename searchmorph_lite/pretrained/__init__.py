@@ -26,8 +26,9 @@ PRETRAINED = {
 
 def pretrained_path(name: str) -> Path:
     """Path of the shipped checkpoint ``name`` (which may not exist in a development checkout)."""
-    if name not in PRETRAINED:
-        raise ValueError(f"unknown pretrained model {name!r}; available: {', '.join(PRETRAINED)}")
+    if not isinstance(name, str) or name not in PRETRAINED:
+        hint = "; load a checkpoint file with load_checkpoint" if isinstance(name, str) and "." in name else ""
+        raise ValueError(f"unknown pretrained model {name!r}; available: {', '.join(PRETRAINED)}{hint}")
     return Path(__file__).with_name(f"{name}.pt")
 
 
@@ -39,7 +40,8 @@ def available_pretrained() -> list[str]:
 def load_pretrained(name: str, device: str | torch.device | None = None) -> nn.Module:
     """The pretrained model ``name`` (a key of ``PRETRAINED``, e.g. "brain2d", "echo2d-voxelmorph") in eval mode.
 
-    Loaded with ``torch.load(weights_only=True)``; ``model.metadata`` holds its model card entries.
+    Loaded with ``torch.load(weights_only=True)`` and checked like every checkpoint (zip CRC-32, finite
+    weights), so a damaged installation is refused, naming the file; ``model.metadata`` holds its model card.
     """
     from ..checkpoint import load_checkpoint
 
