@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._checks import check_iterations
 from .base import RegistrationModel
 from .transform import warp
+
+# Registration computes in float32 (the models' weights) and writes float32 NIfTI: larger values overflow.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def to_image_tensor(x, name: str, ndim: int = 2) -> torch.Tensor:
     """Float64 tensor (*S) with ``ndim`` axes from a numpy array or tensor; leading size-1 axes are dropped.
 
-    ValueError when ``x`` is not numeric, has another number of axes, a side under 2 pixels, or NaN / inf.
+    ValueError when ``x`` is not real-valued numeric (complex images are refused: which part to register is the
+    caller's choice, e.g. ``np.abs``), has another number of axes, a side under 2 pixels, NaN / inf, or values
+    beyond float32's range (registration computes in float32).
     """
     kind = {2: "2D image (H, W)", 3: "3D volume (D, H, W)"}[ndim]
     if isinstance(x, np.ndarray):
+        if np.iscomplexobj(x):
+            raise ValueError(f"{name} is complex-valued ({x.dtype}); pass a real image, e.g. np.abs({name})")
         if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
             raise ValueError(f"{name} must be a numeric array, got dtype {x.dtype}")
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
     elif isinstance(x, torch.Tensor):
+        if x.is_complex():
+            raise ValueError(f"{name} is complex-valued ({x.dtype}); pass a real image, e.g. {name}.abs()")
         t = x.detach().cpu().double()
     else:
         raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
@@ -30,9 +42,32 @@ def to_image_tensor(x, name: str, ndim: int = 2) -> torch.Tensor:
         raise ValueError(f"{name} must be a {kind}, got shape {tuple(x.shape)}")
     if min(t.shape) < 2:
         raise ValueError(f"{name} must be at least 2 pixels along every axis, got {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or inf values")
+    finite = torch.isfinite(t)
+    if not finite.all():
+        raise ValueError(f"{name} contains NaN or inf values ({int((~finite).sum())} of {t.numel()})")
+    largest = float(t.abs().max())
+    if largest > FLOAT32_MAX:
+        raise ValueError(
+            f"{name} has values too large to register (largest |value| {largest:.3g}, float32 holds up to "
+            f"{FLOAT32_MAX:.3g}); rescale the image, e.g. divide it by its maximum"
+        )
     return t
+
+
+def forward_kwargs(model: RegistrationModel, iterations: int | None = None) -> dict:
+    """Keyword arguments for ``model(moving, fixed, **kw)`` at inference: the checked ``iterations`` and, for a
+    model that takes it, ``keep_flows=False``, so memory does not grow with the iteration count."""
+    kwargs = {} if iterations is None else {"iterations": check_iterations(iterations)}
+    if "keep_flows" in inspect.signature(model.forward).parameters:
+        kwargs["keep_flows"] = False
+    return kwargs
+
+
+def check_weights(model: torch.nn.Module) -> None:
+    """Raise ValueError when a weight of ``model`` holds NaN or inf (a broken model, not a bad image)."""
+    for key, value in model.state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"the model's weight {key!r} holds NaN or inf values: the model is broken")
 
 
 def normalize_intensity(image: torch.Tensor, low: float = 0.0, high: float = 99.5) -> torch.Tensor:
@@ -44,6 +79,8 @@ def normalize_intensity(image: torch.Tensor, low: float = 0.0, high: float = 99.
         lo = image.min()
     if hi <= lo:
         return torch.zeros_like(image)
+    if not torch.isfinite(hi - lo):
+        raise ValueError(f"image values too large to normalize (range {float(lo):.3g} to {float(hi):.3g} overflows)")
     return ((image - lo) / (hi - lo)).clamp(0, 1)
 
 
@@ -62,13 +99,16 @@ def register(
     images, or 3D volumes for a 3D model), any size. With ``normalize`` each image is rescaled to [0, 1]
     (percentiles 0 and 99.5) as the models were trained; the images are zero-padded (centred) to the model's
     ``size_multiple``, registered, and cropped back. ``warped`` is the original (unnormalized) moving image
-    resampled by the field, so it keeps the input's intensities.
+    resampled by the field, so it keeps the input's intensities. ``iterations`` (at most 1000) overrides the
+    model's; only the last field is kept, so memory does not grow with it.
     """
     if not isinstance(model, RegistrationModel):
         raise ValueError(
             f"model must be a searchmorph_lite registration model (SearchMorph, VoxelMorph, or "
             f"load_pretrained/load_checkpoint), got {type(model).__name__}"
         )
+    kwargs = forward_kwargs(model, iterations)
+    check_weights(model)
     m = to_image_tensor(moving, "moving", model.ndim)
     f = to_image_tensor(fixed, "fixed", model.ndim)
     if m.shape != f.shape:
@@ -86,10 +126,11 @@ def register(
     was_training = model.training
     model.eval()
     try:
-        kwargs = {} if iterations is None else {"iterations": iterations}
         result = model(prep(m_in), prep(f_in), **kwargs)
     finally:
         model.train(was_training)
+    if not torch.isfinite(result.flow).all():
+        raise ValueError("the model returned NaN or inf displacements for this pair; the output was not written")
     crop = tuple(slice(before, before + n) for (before, _), n in zip(padding, m.shape))
     flow = result.flow[(slice(None), slice(None), *crop)].double().cpu()
     warped = warp(m[None, None], flow)

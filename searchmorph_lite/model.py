@@ -8,6 +8,7 @@ from functools import partial
 
 import torch
 
+from ._checks import check_iterations
 from .base import RegistrationModel, RegistrationResult
 from .correlation import LOOKUPS
 from .encoders import SharedEncoder
@@ -99,11 +100,14 @@ class SearchMorph(RegistrationModel):
         self.iterator = DeformationFieldIterator(search_dim, context_dim, cfg.hidden_dim, cfg.motion_dim, cfg.ndim)
         self.size_multiple = max(self.encoder.trunk.size_multiple, 2**self.levels)
 
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, iterations: int | None = None) -> RegistrationResult:
+    def forward(
+        self, moving: torch.Tensor, fixed: torch.Tensor, iterations: int | None = None, keep_flows: bool = True
+    ) -> RegistrationResult:
+        """RegistrationResult: field (B, ndim, *S), warped moving image, and with ``keep_flows`` every
+        iteration's field (the sequence loss needs them); without it ``flows`` holds only the last one, so
+        inference memory does not grow with ``iterations`` (at most 1000)."""
         self.check_inputs(moving, fixed)
-        n_iter = self.config.iterations if iterations is None else int(iterations)
-        if n_iter < 1:
-            raise ValueError(f"iterations must be >= 1, got {iterations}")
+        n_iter = check_iterations(self.config.iterations if iterations is None else iterations)
         h_m, h_f, context = self.encoder(moving, fixed)  # features and context at 1/2 resolution
         lookup = self.lookup(h_f, h_m)  # correlation pyramid (eq. 1-2), searched around the field (eq. 3)
         hidden = self.iterator.initial_hidden(context, h_f)
@@ -113,5 +117,7 @@ class SearchMorph(RegistrationModel):
             where = flow.detach() if self.config.detach_search else flow
             hidden, delta = self.iterator(hidden, lookup(where), context, where)  # ConvGRU (eq. 4-7)
             flow = flow + delta  # phi_t = phi_{t-1} + delta phi
-            flows.append(upsample_flow(flow, 2))  # Phi: x2 to the input's resolution
-        return RegistrationResult(flow=flows[-1], warped=warp(moving, flows[-1]), flows=flows)
+            if keep_flows:
+                flows.append(upsample_flow(flow, 2))  # Phi: x2 to the input's resolution
+        final = flows[-1] if keep_flows else upsample_flow(flow, 2)
+        return RegistrationResult(flow=final, warped=warp(moving, final), flows=flows if keep_flows else [final])
