@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 from ..transform import warp
 from .common import (
     SPLIT_CODES,
+    array_problem,
     as_size,
     check_positive_int,
     check_split,
@@ -108,12 +109,30 @@ def build_mni152_slab(max_offset: int = 9) -> dict[str, np.ndarray]:
     return {"images": images, "labels": labels, "offsets": (ks - k_atlas).astype(np.int64)}
 
 
+def slab_problem(arrays: dict[str, np.ndarray]) -> str | None:
+    """Why cached slab ``arrays`` are not what :func:`build_mni152_slab` makes (shapes, dtypes, ranges), or None."""
+    problem = array_problem(arrays, "images", (None, *NATIVE_SIZE))
+    n = arrays["images"].shape[0]
+    problem = problem or array_problem(arrays, "labels", (n, *NATIVE_SIZE), "iu")
+    problem = problem or array_problem(arrays, "offsets", (n,), "iu")
+    if problem:
+        return problem
+    if arrays["labels"].size and (arrays["labels"].min() < 0 or arrays["labels"].max() >= len(LABEL_NAMES)):
+        return f"labels hold values outside 0..{len(LABEL_NAMES) - 1}"
+    needed = {0, *(o for offsets in SPLIT_OFFSETS.values() for o in offsets)}
+    missing = sorted(needed - {int(o) for o in arrays["offsets"]})
+    return f"slice offsets {missing} are missing" if missing else None
+
+
 def load_mni152_slab(cache: bool = True) -> dict[str, np.ndarray]:
-    """Slab from :func:`build_mni152_slab`, read from ``<data root>/cache`` when cached (built and cached otherwise)."""
+    """Slab from :func:`build_mni152_slab`, read from ``<data root>/cache`` when cached (built and cached otherwise).
+
+    A cache whose content is wrong (see :func:`slab_problem`) is rebuilt with a warning.
+    """
     path = data_root() / "cache" / _CACHE_NAME
     if cache:
-        arrays = try_cache(path, _SLAB_KEYS)
-        if arrays is not None and arrays["images"].shape[1:] == NATIVE_SIZE:
+        arrays = try_cache(path, _SLAB_KEYS, slab_problem)
+        if arrays is not None:
             return arrays
     arrays = build_mni152_slab()
     if cache:

@@ -32,6 +32,7 @@ import torch
 
 from .common import (
     SPLITS,
+    array_problem,
     as_size,
     check_split,
     data_root,
@@ -208,6 +209,28 @@ def not_prepared_error(path: Path) -> FileNotFoundError:
     )
 
 
+def prepared_problem(a: dict[str, np.ndarray]) -> str | None:
+    """Why the arrays of a prepared split do not fit together (shapes, dtypes, ranges, sequence bounds), or None."""
+    problem = array_problem(a, "frames", (None, None, None), "u")
+    if problem:
+        return problem
+    f, h, w = a["frames"].shape
+    k = len(a["seq_len"]) if a["seq_len"].ndim == 1 else -1
+    problem = array_problem(a, "labels", (f, h, w), "iu") or array_problem(a, "seq_len", (None,), "iu")
+    for name, kinds in (("seq_start", "iu"), ("es_frame", "iu"), ("patients", "UO"), ("views", "UO")):
+        problem = problem or array_problem(a, name, (k,), kinds)
+    if problem:
+        return problem
+    if a["labels"].size and (a["labels"].min() < 0 or a["labels"].max() >= len(ECHO_LABEL_NAMES)):
+        return f"labels hold values outside 0..{len(ECHO_LABEL_NAMES) - 1}"
+    start, length, es = a["seq_start"], a["seq_len"], a["es_frame"]
+    if k and (start.min() < 0 or length.min() < 1 or (start + length).max() > f):
+        return f"sequences run outside the {f} stored frames"
+    if k and ((es < 0) | (es >= length)).any():
+        return "es_frame lies outside its sequence"
+    return None if k else "it holds no sequences"
+
+
 class Camus(SequencePairDataset):
     """Prepared CAMUS sequences (ED ... ES, or [ED, ES]); items pair ED with frame t, labels 1 blood pool, 2 myocardium.
 
@@ -236,8 +259,11 @@ class Camus(SequencePairDataset):
         self.image_size = as_size(image_size)
         try:
             a = load_npz(path, ("frames", "labels", "seq_start", "seq_len", "patients", "views", "es_frame"))
-        except ValueError as err:  # unreadable or from another version: prepare again
-            raise ValueError(f"{err}; prepare it again with:\n    {COMMAND.format(root=data_root())}") from err
+            problem = prepared_problem(a)
+            if problem:
+                raise ValueError(f"{path} is not a prepared camus split: {problem}")
+        except ValueError as err:  # unreadable, wrong or from another version: prepare again
+            raise ValueError(f"{err}; prepare it again with:\n    {COMMAND.format(root=data_root())}") from None
         keep = [i for i, v in enumerate(a["views"]) if str(v) in views]
         self._frames_u8, self._labels_u8 = a["frames"], a["labels"]
         self._start = a["seq_start"][keep]

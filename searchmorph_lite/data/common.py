@@ -7,8 +7,9 @@ the functions that need them, so ``import searchmorph_lite.data`` stays fast.
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -139,27 +140,64 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
 
 
 def load_npz(path: str | os.PathLike, required: Iterable[str]) -> dict[str, np.ndarray]:
-    """Arrays of an .npz file as a dict; FileNotFoundError if absent, ValueError if unreadable or incomplete."""
+    """Arrays of an .npz file as a dict; FileNotFoundError if absent, ValueError if unreadable or incomplete.
+
+    Loaded without pickle: a file holding Python objects is refused (our message never suggests allowing them).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"missing file {path}")
     try:
         with np.load(path, allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("it is a single .npy array, not an .npz archive")
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise ValueError(f"cannot read {path}: {err}") from err
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, AttributeError, KeyError) as err:
+        if "Object arrays" in str(err):
+            raise ValueError(f"cannot read {path}: it holds Python object arrays, which are never loaded") from None
+        if "pickle" in str(err):
+            raise ValueError(f"cannot read {path}: it is not an .npz archive") from None
+        raise ValueError(f"cannot read {path}: {err}") from None
     missing = [k for k in required if k not in arrays]
     if missing:
         raise ValueError(f"{path} lacks array(s) {', '.join(missing)}")
     return arrays
 
 
-def try_cache(path: Path, required: Iterable[str]) -> dict[str, np.ndarray] | None:
-    """Cached arrays from ``path``, or None when the cache is absent or unreadable (it is then rebuilt)."""
+def array_problem(arrays: Mapping[str, np.ndarray], name: str, shape: tuple, kinds: str = "f") -> str | None:
+    """Why ``arrays[name]`` does not fit ``shape`` (None entries match any size) and dtype kinds ("f", "iu"):
+    a sentence, or None when it fits."""
+    a = arrays[name]
+    if a.ndim != len(shape) or any(n is not None and m != n for m, n in zip(a.shape, shape)):
+        want = "(" + ", ".join("*" if n is None else str(n) for n in shape) + ")"
+        return f"{name} has shape {a.shape}, expected {want}"
+    if a.dtype.kind not in kinds:
+        return f"{name} has dtype {a.dtype}"
+    if a.dtype.kind == "f" and a.size and not (np.isfinite(a).all() and 0 <= a.min() and a.max() <= 1):
+        return f"{name} holds values outside [0, 1] or NaN"
+    return None
+
+
+def try_cache(
+    path: Path, required: Iterable[str], validate: Callable[[dict[str, np.ndarray]], str | None] | None = None
+) -> dict[str, np.ndarray] | None:
+    """Cached arrays from ``path``, or None when the cache is absent, unreadable or wrong (it is then rebuilt).
+
+    ``validate(arrays)`` returns why the content is wrong (shapes, dtypes, value ranges) or None. A cache is
+    derived data, so a wrong one is rebuilt (and overwritten), with a warning naming the file and the reason,
+    rather than refused.
+    """
     try:
-        return load_npz(path, required)
-    except (FileNotFoundError, ValueError):
+        arrays = load_npz(path, required)
+        reason = validate(arrays) if validate is not None else None
+    except FileNotFoundError:
         return None
+    except ValueError as err:
+        reason = str(err).replace(f"cannot read {path}: ", "")
+    if reason is None:
+        return arrays
+    warnings.warn(f"rebuilding the data cache {path}: {reason}", stacklevel=3)
+    return None
 
 
 def save_cache(path: Path, **arrays: np.ndarray) -> None:

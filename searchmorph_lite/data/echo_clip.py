@@ -14,6 +14,7 @@ import torch
 from scipy import ndimage as ndi
 
 from .common import (
+    array_problem,
     as_size,
     check_positive_int,
     check_split,
@@ -95,12 +96,28 @@ def build_echo_clip(size: int = 160) -> dict[str, np.ndarray]:
     return {"frames": frames.astype(np.float32), "frame_time_ms": np.float32(ds.get("FrameTime", 33.333))}
 
 
+def clip_problem(arrays: dict[str, np.ndarray]) -> str | None:
+    """Why cached clip ``arrays`` are not what :func:`build_echo_clip` makes at 160 x 160, or None."""
+    problem = array_problem(arrays, "frames", (None, 160, 160))
+    if problem:
+        return problem
+    if len(arrays["frames"]) < 2:
+        return f"frames holds {len(arrays['frames'])} frame(s), a clip has at least 2"
+    t = np.asarray(arrays["frame_time_ms"])
+    if t.size != 1 or t.dtype.kind not in "fiu" or not (np.isfinite(t).all() and float(t.reshape(-1)[0]) > 0):
+        return f"frame_time_ms is {t!r}, expected one positive number"
+    return None
+
+
 def load_echo_clip(cache: bool = True) -> dict[str, np.ndarray]:
-    """The clip of :func:`build_echo_clip` at 160 x 160, read from ``<data root>/cache`` when cached."""
+    """The clip of :func:`build_echo_clip` at 160 x 160, read from ``<data root>/cache`` when cached.
+
+    A cache whose content is wrong (see :func:`clip_problem`) is rebuilt with a warning.
+    """
     path = data_root() / "cache" / _CLIP_CACHE
     if cache:
-        arrays = try_cache(path, ("frames", "frame_time_ms"))
-        if arrays is not None and arrays["frames"].shape[1:] == (160, 160):
+        arrays = try_cache(path, ("frames", "frame_time_ms"), clip_problem)
+        if arrays is not None:
             return arrays
     arrays = build_echo_clip(160)
     if cache:

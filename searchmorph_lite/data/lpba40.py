@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 
 from .common import (
     SPLITS,
+    array_problem,
     as_size,
     check_split,
     data_root,
@@ -172,6 +173,28 @@ def not_prepared_error(path: Path) -> FileNotFoundError:
     )
 
 
+def prepared_problem(a: dict[str, np.ndarray]) -> str | None:
+    """Why the arrays of a prepared split do not fit together (shapes, dtypes, label range), or None."""
+    problem = array_problem(a, "moving", (None, None, None))
+    if problem:
+        return problem
+    n, h, w = a["moving"].shape
+    problem = (
+        array_problem(a, "moving_labels", (n, h, w), "iu")
+        or array_problem(a, "subjects", (n,), "UO")
+        or array_problem(a, "fixed", (h, w))
+        or array_problem(a, "fixed_labels", (h, w), "iu")
+        or array_problem(a, "label_codes", (None,), "iu")
+    )
+    if problem:
+        return problem
+    k = len(a["label_codes"])
+    for name in ("moving_labels", "fixed_labels"):
+        if a[name].size and (a[name].min() < 0 or a[name].max() >= k):
+            return f"{name} hold values outside 0..{k - 1} (label_codes has {k} entries)"
+    return None if n else "it holds no pairs"
+
+
 class Lpba40(Dataset):
     """Prepared LPBA40 pairs: subject slice (moving) -> S01 slice (fixed), (1, H, W) tensors; "subject" is "Sxx"."""
 
@@ -184,8 +207,11 @@ class Lpba40(Dataset):
             raise not_prepared_error(path)
         try:
             arrays = load_npz(path, ("moving", "moving_labels", "subjects", "fixed", "fixed_labels", "label_codes"))
-        except ValueError as err:  # unreadable or from another version: prepare again
-            raise ValueError(f"{err}; prepare it again with:\n    {COMMAND.format(root=data_root())}") from err
+            problem = prepared_problem(arrays)
+            if problem:
+                raise ValueError(f"{path} is not a prepared lpba40 split: {problem}")
+        except ValueError as err:  # unreadable, wrong or from another version: prepare again
+            raise ValueError(f"{err}; prepare it again with:\n    {COMMAND.format(root=data_root())}") from None
         keep = evenly_spaced(len(arrays["subjects"]), num_pairs)
         self.image_size = as_size(image_size)
         self.label_codes = arrays["label_codes"]
