@@ -15,7 +15,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import build_model, default_device, read_checkpoint, save_checkpoint
+from ._checks import check_device, check_positive, one_line
+from ._files import check_writable_folder, json_safe
+from .checkpoint import build_model, check_model_config, load_weights, read_checkpoint, save_checkpoint
 from .losses import grad_l2_loss, similarity_loss
 from .metrics import dice, folding_ratio
 from .model import RegistrationResult
@@ -41,32 +43,105 @@ class TrainConfig:
     val_pairs: int = 16  # validation pairs scored after every epoch (0 = none)
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.alpha < 0:
-            raise ValueError(f"bad TrainConfig: epochs, batch_size, lr must be positive, alpha >= 0: {self}")
+        for f in dataclasses.fields(self):  # a YAML value such as epochs: "3" must not reach the training loop
+            value = getattr(self, f.name)
+            kind = str(f.type)
+            if kind == "float":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise ValueError(f"TrainConfig.{f.name} must be a finite number, got {value!r}")
+                object.__setattr__(self, f.name, float(value))
+            elif kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"TrainConfig.{f.name} must be an integer, got {value!r}")
+            elif kind in ("str", "dict") and not isinstance(value, {"str": str, "dict": dict}[kind]):
+                what = "a name (text)" if kind == "str" else "a mapping of options"
+                raise ValueError(f"TrainConfig.{f.name} must be {what}, got {value!r}")
+        for name, low in (("epochs", 1), ("batch_size", 1), ("seed", 0), ("val_pairs", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"TrainConfig.{name} must be >= {low}, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if self.alpha < 0:
+            raise ValueError(f"TrainConfig.alpha must be >= 0, got {self.alpha}")
         if not 0 <= self.iteration_weight <= 1:
             raise ValueError(f"iteration_weight must lie in [0, 1], got {self.iteration_weight}")
         similarity_loss(self.similarity)  # raises for unknown names
+        from .data import dataset_options
+        from .data.common import check_options
+
+        check_options(self.dataset, self.dataset_options, dataset_options(self.dataset))
+        check_model_config(self.model, self.model_config)
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
-        """Config read from a .json or .yaml file, with keyword ``overrides`` (None values ignored)."""
+        """Config read from a .json or .yaml file, with keyword ``overrides`` (None values ignored).
+
+        Every problem (missing file, bad syntax, unknown field, wrong type) is a ValueError or
+        FileNotFoundError whose message starts with the file name. YAML is read with YAML 1.2 numbers, so
+        ``lr: 1e-3`` is the number 0.001 (PyYAML alone reads it as text), and a key given twice is refused.
+        """
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"config {path} is a folder, not a .yaml or .json file")
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
+        if path.suffix.lower() not in (".yaml", ".yml", ".json"):
+            raise ValueError(f"config {path} must be a .yaml, .yml or .json file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"config {path} is not a text file (not UTF-8)") from None
+        data = _parse_config_text(path, text)
         if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a mapping of TrainConfig fields")
+            raise ValueError(f"{path} must hold a mapping of TrainConfig fields, got {type(data).__name__}")
         data.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise ValueError(f"{path}: unknown TrainConfig fields {sorted(unknown)}")
-        return cls(**data)
+            raise ValueError(f"{path}: unknown TrainConfig fields {sorted(str(k) for k in unknown)}")
+        try:
+            return cls(**data)
+        except ValueError as err:
+            raise ValueError(f"{path}: {one_line(err)}") from None
+
+
+def _yaml_loader():
+    """A yaml.SafeLoader that reads YAML 1.2 floats (1e-3) and refuses keys given twice."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    float_12 = re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9_]+|[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", float_12, list("-+0123456789."))
+    return Loader
+
+
+def _parse_config_text(path: Path, text: str) -> object:
+    """The data of a config file's ``text``; ValueError naming the file, line and problem for bad syntax."""
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or one_line(err, 200)
+            raise ValueError(f"{path} is not valid YAML{where}: {problem}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
 
 
 def seed_everything(seed: int) -> None:
@@ -110,18 +185,27 @@ def evaluate(
     """Per-pair metrics of ``model`` on ``dataset``: Dice per label (if labelled), % folding, NCC, seconds.
 
     Returns a dict of lists (one entry per pair) plus "labels" and means: "dice_mean", "folding_mean".
+    ``max_pairs`` and ``batch_size`` must be >= 1 and ``iterations`` in [1, 1000] (ValueError); an empty
+    dataset is refused rather than reported as NaN means.
     """
+    from .inference import check_weights, forward_kwargs
     from .losses import local_ncc
 
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if max_pairs is not None:
+        max_pairs = check_positive(max_pairs, "max_pairs")
+    batch_size = check_positive(batch_size, "batch_size")
+    kwargs = forward_kwargs(model, iterations)
+    check_weights(model)
+    device = check_device(device) if device is not None else next(model.parameters()).device
     model.eval()
     n = len(dataset) if max_pairs is None else min(max_pairs, len(dataset))
+    if n == 0:
+        raise ValueError("the dataset to evaluate on has no pairs")
     loader = DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=batch_size)
     out: dict = {"dice": [], "folding": [], "ncc_before": [], "ncc_after": [], "seconds": []}
     labels = None
     for batch in loader:
         batch = _batch_to(batch, device)
-        kwargs = {} if iterations is None else {"iterations": iterations}
         start = time.perf_counter()
         result = model(batch["moving"], batch["fixed"], **kwargs)
         elapsed = (time.perf_counter() - start) / batch["moving"].shape[0]
@@ -139,8 +223,88 @@ def evaluate(
     out["labels"] = labels or []
     if out["dice"]:
         out["dice_mean"] = float(np.nanmean(np.nanmean(np.array(out["dice"], dtype=float), axis=1)))
-    out["folding_mean"] = float(np.mean(out["folding"])) if out["folding"] else math.nan
+    out["folding_mean"] = float(np.mean(out["folding"]))
     return out
+
+
+# Keys of a TrainConfig that a resumed run may change only when asked (allow_config_change): the new values apply
+# from the next epoch on, and the checkpoint's metadata records it. "epochs" may always change: continuing a run
+# for more epochs is what resuming is for. The model and its config never change: the weights belong to them.
+MODEL_KEYS = ("model", "model_config")
+
+
+def _flat_diff(old: dict, new: dict, skip: tuple[str, ...] = ()) -> dict[str, tuple]:
+    """{"key" or "key.subkey": (old value, new value)} for every entry that differs (one level into dicts)."""
+    unset = "<unset>"
+    diff = {}
+    for key in sorted(set(old) | set(new), key=str):
+        if key in skip:
+            continue
+        a, b = old.get(key, unset), new.get(key, unset)
+        if isinstance(a, dict) and isinstance(b, dict):
+            for sub in sorted(set(a) | set(b), key=str):
+                if a.get(sub, unset) != b.get(sub, unset):
+                    diff[f"{key}.{sub}"] = (a.get(sub, unset), b.get(sub, unset))
+        elif a != b:
+            diff[key] = (a, b)
+    return diff
+
+
+def _describe(diff: dict[str, tuple]) -> str:
+    return "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items())
+
+
+def _check_resume(ckpt: dict, cfg: TrainConfig, path: Path, allow_config_change: bool) -> dict[str, tuple]:
+    """The config changes a resume of ``ckpt`` with ``cfg`` makes ({key: (old, new)}); ValueError when refused."""
+    for key, kind in (("optimizer", dict), ("epoch", int), ("history", dict)):
+        if not isinstance(ckpt.get(key), kind):
+            raise ValueError(
+                f"{path} is not a training checkpoint (it has no {key!r}: a pretrained or exported model?); "
+                f"--resume continues only a run written by train, so train into a new --out folder"
+            )
+    model_diff = _flat_diff({"model": ckpt["model"]}, {"model": cfg.model})
+    if not model_diff:
+        model_diff = _flat_diff(ckpt["config"], check_model_config(cfg.model, cfg.model_config).to_dict())
+        model_diff = {f"model_config.{k}": v for k, v in model_diff.items()}
+    if model_diff:
+        raise ValueError(
+            f"{path} was trained with another model/config ({_describe(model_diff)}); its weights belong to that "
+            f"model, so train into a new --out folder"
+        )
+    old = (ckpt.get("metadata") or {}).get("train_config")
+    if not isinstance(old, dict):
+        return {}
+    diff = _flat_diff(old, json_safe(dataclasses.asdict(cfg)), skip=("epochs", *MODEL_KEYS))
+    if diff and not allow_config_change:
+        raise ValueError(
+            f"{path} was trained with another config: {_describe(diff)}. Resume with the checkpoint's values, "
+            f"or pass --allow-config-change (allow_config_change=True) to run the new ones from epoch "
+            f"{ckpt['epoch'] + 1} on"
+        )
+    if cfg.epochs < ckpt["epoch"]:
+        raise ValueError(
+            f"{path} has already run {ckpt['epoch']} epochs but the config asks for {cfg.epochs}; raise epochs "
+            f"(--epochs) to continue it"
+        )
+    return diff
+
+
+def check_run_folder(out_dir: str | Path, resume: bool) -> Path:
+    """``out_dir/checkpoint.pt``, checked before any work: ValueError when the folder is a file, is not writable,
+    or already holds a checkpoint that ``resume`` is not asked to continue (a run is never overwritten)."""
+    out_dir = Path(out_dir)
+    ckpt_path = out_dir / "checkpoint.pt"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"run folder {out_dir} is a file; training writes a folder (checkpoint.pt inside)")
+    if ckpt_path.is_dir():
+        raise ValueError(f"{ckpt_path} is a folder; the run's checkpoint file cannot be written there")
+    if ckpt_path.exists() and not resume:
+        raise ValueError(
+            f"{ckpt_path} already exists: continue that run with --resume (resume=True), or train into another "
+            f"--out folder (training never overwrites a run)"
+        )
+    check_writable_folder(ckpt_path, "run folder")
+    return ckpt_path
 
 
 def train(
@@ -150,36 +314,57 @@ def train(
     device: str | torch.device | None = None,
     progress: bool = True,
     max_steps: int | None = None,
+    allow_config_change: bool = False,
 ) -> dict:
     """Train ``cfg.model`` on ``cfg.dataset``; write ``out_dir/checkpoint.pt`` every epoch; return the history.
 
-    With ``resume`` and an existing checkpoint, continue from its epoch with its optimizer state.
-    ``max_steps`` (for tests and CI) stops each epoch after that many batches.
+    With ``resume`` and an existing checkpoint, continue from its epoch with its optimizer state. A resumed
+    config that differs from the one the checkpoint ran with (other than ``epochs``) is refused, naming each key
+    and both values, unless ``allow_config_change``: then the new values run from the next epoch (the
+    optimizer's lr too) and ``metadata["config_changes"]`` lists, per resume, the first epoch they ran and each
+    (old, new) value. The model and model_config can never change on resume. Without ``resume`` an existing
+    checkpoint is refused, never overwritten. ``max_steps`` (for tests and CI, >= 1) stops each epoch after that
+    many batches. A loss that turns NaN or inf stops training with ValueError; the last checkpoint stays as it was.
     """
     from tqdm.auto import tqdm
 
     from .data import load_dataset
 
-    out_dir = Path(out_dir)
-    device = torch.device(device) if device is not None else default_device()
+    if not isinstance(cfg, TrainConfig):
+        raise ValueError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    if max_steps is not None:
+        max_steps = check_positive(max_steps, "max_steps")
+    ckpt_path = check_run_folder(out_dir, resume)
+    out_dir = ckpt_path.parent
+    device = check_device(device)
+    ckpt, changes = None, {}
+    if resume and ckpt_path.exists():
+        ckpt = read_checkpoint(ckpt_path)
+        changes = _check_resume(ckpt, cfg, ckpt_path, allow_config_change)
     seed_everything(cfg.seed)
     train_set = load_dataset(cfg.dataset, "train", **cfg.dataset_options)
     # num_pairs sizes the training set; validation keeps its own pairs and scores the first val_pairs of them
     val_options = {k: v for k, v in cfg.dataset_options.items() if k != "num_pairs"}
     val_set = load_dataset(cfg.dataset, "val", **val_options) if cfg.val_pairs else None
+    if len(train_set) == 0:
+        raise ValueError(f"the {cfg.dataset} training split has no pairs")
     model = build_model(cfg.model, cfg.model_config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     history: dict = {"epoch": [], "loss": [], "val_dice": [], "val_folding": [], "seconds": []}
     start_epoch = 0
-    ckpt_path = out_dir / "checkpoint.pt"
-    if resume and ckpt_path.exists():
-        ckpt = read_checkpoint(ckpt_path)
-        if ckpt["model"] != cfg.model or ckpt["config"] != model.config.to_dict():
-            raise ValueError(f"{ckpt_path} was trained with another model/config; use a new --out folder")
-        model.load_state_dict(ckpt["state_dict"])
+    config_changes: list = []
+    if ckpt is not None:
+        load_weights(model, ckpt["state_dict"], str(ckpt_path))
         optimizer.load_state_dict(ckpt["optimizer"])
+        for group in optimizer.param_groups:  # the lr that runs is the config's (unchanged unless allowed)
+            group["lr"] = cfg.lr
         start_epoch = int(ckpt["epoch"])
         history = ckpt["history"]
+        config_changes = list(ckpt["metadata"].get("config_changes", []))
+        if changes:
+            config_changes.append({"from_epoch": start_epoch + 1, "changes": {k: list(v) for k, v in changes.items()}})
+        if progress and start_epoch >= cfg.epochs:
+            print(f"{ckpt_path} has already run its {cfg.epochs} epochs; nothing to do")
     out_dir.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(cfg.seed)
     for epoch in range(start_epoch, cfg.epochs):
@@ -195,6 +380,11 @@ def train(
             batch = _batch_to(batch, device)
             result = model(batch["moving"], batch["fixed"])
             loss = registration_loss_all(result, batch["moving"], batch["fixed"], cfg)
+            if not torch.isfinite(loss):
+                raise ValueError(
+                    f"training diverged: the loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                    f"{ckpt_path} keeps the last finite epoch (try a lower lr)"
+                )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -207,7 +397,9 @@ def train(
             metrics = evaluate(model, val_set, device, max_pairs=cfg.val_pairs)
             history["val_dice"].append(metrics.get("dice_mean", math.nan))
             history["val_folding"].append(metrics["folding_mean"])
-        meta = {"train_config": json.loads(json.dumps(dataclasses.asdict(cfg))), "device": str(device)}
+        meta = {"train_config": json_safe(dataclasses.asdict(cfg)), "device": str(device)}
+        if config_changes:
+            meta["config_changes"] = config_changes
         save_checkpoint(
             ckpt_path,
             model,
