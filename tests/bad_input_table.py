@@ -1,0 +1,667 @@
+"""The bad-input and fault sweep of issue 10, as data: every case, how it is done, and the one line it now gets.
+
+``tests/test_reliability.py`` runs every case of ``CASES`` and checks its line against ``expected`` (``{tmp}``
+stands for the case's folder, ``...`` for a part that varies, e.g. torch's own wording); it also checks that
+``book/bad_input.md`` is what :func:`render` makes of them. After changing a case, rewrite the page with
+``python tests/bad_input_table.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from unittest import mock
+
+import nibabel as nib
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from conftest import disc_pair  # noqa: E402
+
+PAGE = Path(__file__).parents[1] / "book" / "bad_input.md"
+ITEMS = {
+    1: "Damaged checkpoint",
+    2: "Resume with a changed config",
+    3: "Tracebacks",
+    4: "Output paths",
+    5: "Unsafe advice",
+    6: "Nonsense values",
+    7: "Leftover temporaries",
+    8: "Wording",
+    9: "Images on different grids",
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One attack: ``run(folder)`` does it and returns the line the user sees (stderr, or stdout when it works)."""
+
+    item: int
+    what: str
+    run: Callable[[Path], str]
+    expected: str
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def cli(*argv: str, ok: bool = False, line: int = -1, stream: str = "stdout") -> str:
+    """The one line ``python -m searchmorph_lite *argv`` prints on stderr; with ``ok``, line ``line`` of its
+    ``stream`` ("stdout" or "stderr").
+
+    Asserts the exit code (non-zero and not 1, the code of a bug, unless ``ok``), one stderr line, no traceback.
+    """
+    from searchmorph_lite.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exit_:  # argparse
+            code = exit_.code
+    text = err.getvalue()
+    assert "Traceback" not in text, text
+    if ok:
+        assert code == 0, text
+        return (out if stream == "stdout" else err).getvalue().strip().splitlines()[line]
+    lines = [x for x in text.splitlines() if x.strip()]
+    assert code not in (0, 1) and len(lines) == 1, (code, text)
+    return lines[0]
+
+
+def raises(call: Callable[[], object], kind: type = ValueError) -> str:
+    """The message of the ``kind`` exception ``call()`` raises (AssertionError when it raises nothing)."""
+    try:
+        call()
+    except kind as err:
+        return f"{type(err).__name__}: {err}"
+    raise AssertionError(f"{call} raised nothing")
+
+
+SMALL = dict(widths=[8, 16, 16, 16], hidden_dim=16, motion_dim=16, context_dim=16, radius=2)
+TINY_TRAIN = dict(
+    dataset="brain2d",
+    dataset_options={"num_pairs": 2, "image_size": [32, 32]},
+    model="VoxelMorph",
+    model_config={"enc_widths": [4, 8], "dec_widths": [8, 8, 4]},
+    epochs=1,
+    batch_size=2,
+    val_pairs=0,
+)
+_SHARED: dict[str, Path] = {}
+
+
+def shared(name: str) -> Path:
+    """A file or folder built once per process and copied by the cases (never modified): see the code."""
+    if not _SHARED:
+        root = Path(tempfile.mkdtemp(prefix="bad_input_"))
+        from searchmorph_lite import SearchMorph, SearchMorphConfig, VoxelMorph, save_checkpoint
+        from searchmorph_lite.train import TrainConfig, train
+
+        torch.manual_seed(0)
+        model = SearchMorph(SearchMorphConfig(**SMALL))
+        for p in model.iterator.flow_head[-1].parameters():
+            torch.nn.init.normal_(p, std=0.05)
+        save_checkpoint(root / "ck.pt", model.eval())
+        save_checkpoint(root / "vm.pt", VoxelMorph())
+        moving, fixed, *_ = disc_pair()
+        nifti(root / "m.nii.gz", moving[0, 0].numpy())
+        nifti(root / "f.nii.gz", fixed[0, 0].numpy())
+        train(TrainConfig(**TINY_TRAIN), root / "run", device="cpu", progress=False, max_steps=1)
+        _SHARED.update({p.name: p for p in root.iterdir()})
+    return _SHARED[name]
+
+
+def copy(name: str, folder: Path, new_name: str | None = None) -> Path:
+    """A copy of :func:`shared` ``name`` in ``folder``."""
+    src, dst = shared(name), folder / (new_name or name)
+    (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    return dst
+
+
+def nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None, dtype=np.float32) -> Path:
+    """``array`` saved as NIfTI at ``path`` (default affine: 1 mm voxels)."""
+    nib.save(nib.Nifti1Image(np.asarray(array).astype(dtype), np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def register_args(t: Path, **overrides: str) -> list[str]:
+    """CLI arguments of a register of the shared pair with the shared SearchMorph checkpoint, into ``t``."""
+    args = {
+        "--moving": str(shared("m.nii.gz")),
+        "--fixed": str(shared("f.nii.gz")),
+        "--checkpoint": str(shared("ck.pt")),
+        "--out": str(t / "w.nii.gz"),
+        "--device": "cpu",
+    }
+    args.update(overrides)
+    return ["register"] + [x for k, v in args.items() if v is not None for x in (k, v)]
+
+
+def write_yaml(t: Path, text: str) -> Path:
+    (t / "cfg.yaml").write_text(text)
+    return t / "cfg.yaml"
+
+
+def tiny_yaml(t: Path, **changes) -> Path:
+    """The shared run's config with ``changes``, as YAML in ``t``."""
+    import yaml
+
+    return write_yaml(t, yaml.safe_dump({**TINY_TRAIN, **changes}))
+
+
+def resume_args(t: Path, *extra: str, **changes) -> list[str]:
+    """CLI arguments resuming a copy of the shared run with its config changed by ``changes``."""
+    run = copy("run", t)
+    return ["train", "--config", tiny_yaml(t, **changes), "--out", run, "--resume", "--device", "cpu", *extra]
+
+
+def flip_weight_bytes(path: Path, count: int = 2000) -> None:
+    """Invert ``count`` bytes inside the data of the largest tensor of the zip checkpoint at ``path``."""
+    import struct
+    import zipfile
+
+    info = max(zipfile.ZipFile(path).infolist(), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len + 16
+    for k in range(min(count, info.file_size - 16)):
+        data[start + k] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def with_data_root(t: Path, call: Callable[[], object]) -> object:
+    with mock.patch.dict(os.environ, {"SEARCHMORPH_DATA": str(t / "data")}):
+        return call()
+
+
+def warning_of(call: Callable[[], object]) -> str:
+    """The one warning ``call()`` emits, as "warning: <message>"."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call()
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    return f"warning: {caught[0].message}"
+
+
+# ---------------------------------------------------------------------------------------------------- the cases
+
+
+def _damaged_shipped(t: Path) -> str:
+    ck = copy_pretrained("brain2d", t)
+    flip_weight_bytes(ck)
+    return cli(*register_args(t, **{"--checkpoint": str(ck)}))
+
+
+def copy_pretrained(name: str, t: Path) -> Path:
+    from searchmorph_lite.pretrained import pretrained_path
+
+    dst = t / f"{name}.pt"
+    shutil.copy(pretrained_path(name), dst)
+    return dst
+
+
+def _weights_edited(t: Path) -> str:
+    raw = torch.load(shared("ck.pt"), weights_only=True)
+    key = next(k for k, v in raw["state_dict"].items() if v.numel() > 100)
+    raw["state_dict"][key] = raw["state_dict"][key] + 0.5  # a valid zip with valid CRCs, but not what was saved
+    torch.save(raw, t / "ck.pt")
+    return cli(*register_args(t, **{"--checkpoint": str(t / "ck.pt")}))
+
+
+def _truncated(t: Path) -> str:
+    data = shared("ck.pt").read_bytes()
+    (t / "ck.pt").write_bytes(data[: len(data) // 2])
+    return cli(*register_args(t, **{"--checkpoint": str(t / "ck.pt")}))
+
+
+def _empty_checkpoint(t: Path) -> str:
+    (t / "ck.pt").write_bytes(b"")
+    return cli(*register_args(t, **{"--checkpoint": str(t / "ck.pt")}))
+
+
+def _allowed_lr_change(t: Path) -> str:
+    from searchmorph_lite import read_checkpoint
+
+    cli(*resume_args(t, "--allow-config-change", lr=0.01, epochs=2), ok=True)
+    ckpt = read_checkpoint(t / "run" / "checkpoint.pt")
+    lrs = sorted({g["lr"] for g in ckpt["optimizer"]["param_groups"]})
+    return f"optimizer lr {lrs}; metadata config_changes {ckpt['metadata']['config_changes']}"
+
+
+def _pretrained_as_resume(t: Path) -> str:
+    (t / "run").mkdir()
+    copy_pretrained("brain2d", t).rename(t / "run" / "checkpoint.pt")
+    return cli("train", "--config", tiny_yaml(t), "--out", t / "run", "--resume", "--device", "cpu")
+
+
+def _format_tag_only(t: Path) -> str:
+    torch.save({"format": "searchmorph_lite.checkpoint/2"}, t / "ck.pt")
+    return cli(*register_args(t, **{"--checkpoint": str(t / "ck.pt")}))
+
+
+def _state_dict_of_strings(t: Path) -> str:
+    torch.save({"format": "searchmorph_lite.checkpoint/2", "model": "SearchMorph", "config": {},
+                "state_dict": {"encoder.w": "zeros"}}, t / "ck.pt")  # fmt: skip
+    return cli(*register_args(t, **{"--checkpoint": str(t / "ck.pt")}))
+
+
+def _bad_brain_cache(t: Path, **arrays) -> str:
+    from searchmorph_lite.data import load_dataset
+    from searchmorph_lite.data.brain2d import _CACHE_NAME, load_mni152_slab
+
+    def go():
+        good = load_mni152_slab()  # builds the cache in this data root
+        path = t / "data" / "cache" / _CACHE_NAME
+        np.savez(path, **{**good, **{k: v(good) for k, v in arrays.items()}})
+        line = warning_of(lambda: load_dataset("brain2d", "val", num_pairs=1, image_size=(64, 64)))
+        assert _slab_ok(path), "the cache was not rebuilt"
+        return line
+
+    return with_data_root(t, go)
+
+
+def _slab_ok(path: Path) -> bool:
+    from searchmorph_lite.data.brain2d import slab_problem
+
+    with np.load(path) as z:
+        return slab_problem(dict(z)) is None
+
+
+def _bad_camus(t: Path, **changes) -> str:
+    root = t / "data" / "camus"
+    root.mkdir(parents=True)
+    frames = np.zeros((6, 16, 16), np.uint8)
+    arrays = dict(
+        frames=frames,
+        labels=np.zeros_like(frames),
+        seq_start=np.array([0, 3]),
+        seq_len=np.array([3, 3]),
+        patients=np.array(["patient0001", "patient0002"]),
+        views=np.array(["2CH", "2CH"]),
+        es_frame=np.array([2, 2]),
+    )
+    np.savez(root / "test.npz", **{**arrays, **changes})
+    return with_data_root(t, lambda: cli("evaluate", "--checkpoint", shared("vm.pt"), "--dataset", "camus"))
+
+
+def _bad_lpba40(t: Path) -> str:
+    root = t / "data" / "lpba40"
+    root.mkdir(parents=True)
+    np.savez(
+        root / "test.npz",
+        moving=np.zeros((2, 32, 32), np.float32),
+        moving_labels=np.zeros((2, 16, 16), np.int16),  # labels of the wrong size
+        subjects=np.array(["S35", "S36"]),
+        fixed=np.zeros((32, 32), np.float32),
+        fixed_labels=np.zeros((32, 32), np.int16),
+        label_codes=np.array([0, 21]),
+    )
+    return with_data_root(t, lambda: cli("evaluate", "--checkpoint", shared("vm.pt"), "--dataset", "lpba40"))
+
+
+def _hard_link_out(t: Path) -> str:
+    fixed = copy("f.nii.gz", t)
+    os.link(fixed, t / "w.nii.gz")
+    return cli(*register_args(t, **{"--fixed": str(fixed)}))
+
+
+def _out_under_a_file(t: Path) -> str:
+    (t / "notes").write_text("x")
+    return cli(*register_args(t, **{"--out": str(t / "notes" / "w.nii.gz")}))
+
+
+def _malicious(t: Path) -> str:
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {t / 'pwned'}",))
+
+    torch.save({"format": "searchmorph_lite.checkpoint/2", "model": Evil()}, t / "evil.pt")
+    line = cli(*register_args(t, **{"--checkpoint": str(t / "evil.pt")}))
+    assert not (t / "pwned").exists()
+    return line
+
+
+def _object_npz(t: Path) -> str:
+    root = t / "data" / "camus"
+    root.mkdir(parents=True)
+    np.savez(root / "test.npz", frames=np.array([{"x": 1}], dtype=object))
+    return with_data_root(t, lambda: cli("evaluate", "--checkpoint", shared("vm.pt"), "--dataset", "camus"))
+
+
+def _small_model():
+    from searchmorph_lite import SearchMorph, SearchMorphConfig
+
+    return SearchMorph(SearchMorphConfig(**SMALL)).eval()
+
+
+def _nan_weights(t: Path) -> str:
+    from searchmorph_lite import save_checkpoint
+
+    model = _small_model()
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    save_checkpoint(t / "ck.pt", model)
+    return cli(*register_args(t, **{"--checkpoint": str(t / "ck.pt")}))
+
+
+def _nan_model(t: Path) -> str:
+    from searchmorph_lite import register
+
+    model = _small_model()
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    return raises(lambda: register(np.random.rand(32, 32), np.random.rand(32, 32), model))
+
+
+def _vm_weights_in_sm(t: Path) -> str:
+    raw = torch.load(shared("ck.pt"), weights_only=True)
+    raw["state_dict"] = torch.load(shared("vm.pt"), weights_only=True)["state_dict"]
+    raw.pop("sha256")
+    torch.save(raw, t / "ck.pt")
+    line = cli(*register_args(t, **{"--checkpoint": str(t / "ck.pt")}))
+    assert len(line) < 300
+    return line
+
+
+def _shadowing_folder(t: Path) -> str:
+    (t / "brain2d").mkdir()
+    cwd = os.getcwd()
+    os.chdir(t)
+    try:
+        return cli(*register_args(t, **{"--checkpoint": "brain2d"}), ok=True, stream="stderr")
+    finally:
+        os.chdir(cwd)
+
+
+def _grid_case(t: Path, shape=(64, 64), spacing=(1.0, 1.0), *extra: str) -> list[str]:
+    rng = np.random.default_rng(0)
+    moving = nifti(t / "m.nii.gz", rng.random(shape), np.diag([*spacing, 1.0, 1.0]))
+    return register_args(t, **{"--moving": str(moving)}) + list(extra)
+
+
+CASES = [
+    # 1. damaged checkpoints
+    Case(1, "a copy of the shipped brain2d.pt with 2,000 bytes of a weight tensor inverted", _damaged_shipped,
+         "error: {tmp}/brain2d.pt is damaged: its bytes changed after it was written (data/40 fails its CRC-32 "
+         "check); restore it from a backup or download/train it again"),
+    Case(1, "a checkpoint whose weights were edited and re-saved with torch.save (valid zip, wrong SHA-256)",
+         _weights_edited,
+         "error: {tmp}/ck.pt is damaged: its weights do not match the SHA-256 digest stored when it was saved; "
+         "restore it from a backup or download/train it again"),
+    Case(1, "a checkpoint cut to half its size", _truncated,
+         "error: cannot read checkpoint {tmp}/ck.pt: not a torch checkpoint, or damaged (...)"),
+    Case(1, "an empty checkpoint file", _empty_checkpoint,
+         "error: cannot read checkpoint {tmp}/ck.pt: the file is empty"),
+    # 2. resume with another config
+    Case(2, "train --resume with another lr", lambda t: cli(*resume_args(t, lr=0.01, epochs=2)),
+         "error: {tmp}/run/checkpoint.pt was trained with another config: lr: 0.001 in the checkpoint, 0.01 now. "
+         "Resume with the checkpoint's values, or pass --allow-config-change (allow_config_change=True) to run the "
+         "new ones from epoch 2 on"),
+    Case(2, "train --resume with another image size and loss",
+         lambda t: cli(*resume_args(t, similarity="mse", dataset_options={"num_pairs": 2, "image_size": [48, 48]})),
+         "error: {tmp}/run/checkpoint.pt was trained with another config: dataset_options.image_size: [32, 32] in "
+         "the checkpoint, [48, 48] now; similarity: 'lncc' in the checkpoint, 'mse' now. Resume with the "
+         "checkpoint's values, or pass --allow-config-change (allow_config_change=True) to run the new ones from "
+         "epoch 2 on"),
+    Case(2, "train --resume with another dataset", lambda t: cli(*resume_args(t, dataset="echo2d-synthetic",
+                                                                              dataset_options={"num_pairs": 2})),
+         "error: {tmp}/run/checkpoint.pt was trained with another config: dataset: 'brain2d' in the checkpoint, "
+         "'echo2d-synthetic' now; dataset_options.image_size: [32, 32] in the checkpoint, '<unset>' now. Resume "
+         "with the checkpoint's values, or pass --allow-config-change (allow_config_change=True) to run the new "
+         "ones from epoch 2 on"),
+    Case(2, "train --resume --allow-config-change with another lr (it runs: the new lr, recorded)",
+         _allowed_lr_change,
+         "optimizer lr [0.01]; metadata config_changes [{'from_epoch': 2, 'changes': {'lr': [0.001, 0.01]}}]"),
+    Case(2, "train --resume --allow-config-change onto another model",
+         lambda t: cli(*resume_args(t, "--allow-config-change", model="SearchMorph", model_config={})),
+         "error: {tmp}/run/checkpoint.pt was trained with another model/config (model: 'VoxelMorph' in the "
+         "checkpoint, 'SearchMorph' now); its weights belong to that model, so train into a new --out folder"),
+    Case(2, "train --resume with fewer epochs than already run",
+         lambda t: cli(*_fewer_epochs(t)),
+         "error: {tmp}/run/checkpoint.pt has already run 2 epochs but the config asks for 1; raise epochs "
+         "(--epochs) to continue it"),
+    Case(2, "train without --resume into a folder that holds a run",
+         lambda t: cli("train", "--config", tiny_yaml(t), "--out", copy("run", t), "--device", "cpu"),
+         "error: {tmp}/run/checkpoint.pt already exists: continue that run with --resume (resume=True), or train "
+         "into another --out folder (training never overwrites a run)"),
+    # 3. tracebacks
+    Case(3, "--device cuda with a CPU-only torch", lambda t: _cpu_torch(lambda: cli(*register_args(
+        t, **{"--device": "cuda"}))),
+         "error: device 'cuda': this torch build (...) has no CUDA support; use cpu, or install a CUDA build of "
+         "torch"),
+    Case(3, "--device gpu0", lambda t: cli(*register_args(t, **{"--device": "gpu0"})),
+         "error: unknown device 'gpu0': use cpu, cuda, cuda:N or mps (or leave it out: cuda when present, else cpu)"),
+    Case(3, "a malformed YAML config", lambda t: cli("train", "--config", write_yaml(t, "epochs: [3\nlr: 1\n"),
+                                                      "--out", t / "run"),
+         "error: {tmp}/cfg.yaml is not valid YAML at line 2, column 3: expected ',' or ']', but got ':'"),
+    Case(3, "epochs: \"3\" in the config", lambda t: cli("train", "--config", tiny_yaml(t, epochs="3"),
+                                                          "--out", t / "run"),
+         "error: {tmp}/cfg.yaml: TrainConfig.epochs must be an integer, got '3'"),
+    Case(3, "lr: fast in the config", lambda t: cli("train", "--config", tiny_yaml(t, lr="fast"), "--out", t / "r"),
+         "error: {tmp}/cfg.yaml: TrainConfig.lr must be a finite number, got 'fast'"),
+    Case(3, "a model_config value of the wrong type", lambda t: cli(
+        "train", "--config", tiny_yaml(t, model="SearchMorph", model_config={"radius": "3"}), "--out", t / "r"),
+         "error: {tmp}/cfg.yaml: SearchMorph config: radius must be an integer, got '3'"),
+    Case(3, "a key given twice in the YAML config", lambda t: cli(
+        "train", "--config", write_yaml(t, "lr: 0.1\nlr: 0.001\n"), "--out", t / "r"),
+         "error: {tmp}/cfg.yaml is not valid YAML at line 2, column 1: key 'lr' is given twice"),
+    Case(3, "a pretrained .pt given to train --resume", _pretrained_as_resume,
+         "error: {tmp}/run/checkpoint.pt is not a training checkpoint (it has no 'optimizer': a pretrained or "
+         "exported model?); --resume continues only a run written by train, so train into a new --out folder"),
+    Case(3, "a checkpoint holding only the format tag", _format_tag_only,
+         "error: {tmp}/ck.pt is an incomplete searchmorph_lite checkpoint: it has no 'model' entry"),
+    Case(3, "a checkpoint whose state_dict holds a string", _state_dict_of_strings,
+         "error: {tmp}/ck.pt: state_dict entry 'encoder.w' is a str, not a tensor"),
+    Case(3, "a brain2d cache whose labels have the wrong size (rebuilt)",
+         lambda t: _bad_brain_cache(t, labels=lambda g: g["labels"][:, :10, :10]),
+         "warning: rebuilding the data cache {tmp}/data/cache/brain2d_mni152_v1.npz: labels has shape (19, 10, 10), "
+         "expected (19, 192, 160)"),
+    Case(3, "a brain2d cache that lacks slice offsets (was: error: -8)",
+         lambda t: _bad_brain_cache(t, offsets=lambda g: g["offsets"] + 100),
+         "warning: rebuilding the data cache {tmp}/data/cache/brain2d_mni152_v1.npz: slice offsets [-9, -8, -7, -6, "
+         "-5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9] are missing"),
+    Case(3, "a prepared camus split whose sequences run past its frames (was: IndexError)",
+         lambda t: _bad_camus(t, seq_start=np.array([0, 5])),
+         "error: {tmp}/data/camus/test.npz is not a prepared camus split: sequences run outside the 6 stored "
+         "frames; prepare it again with: python data_scripts/prepare_camus.py --src /path/to/CAMUS_public --out "
+         "{tmp}/data"),
+    Case(3, "a prepared lpba40 split whose labels have the wrong size", _bad_lpba40,
+         "error: {tmp}/data/lpba40/test.npz is not a prepared lpba40 split: moving_labels has shape (2, 16, 16), "
+         "expected (2, 32, 32); prepare it again with: python data_scripts/prepare_lpba40.py --src /path/to/LPBA40 "
+         "--out {tmp}/data"),
+    Case(3, "a config file that is a folder", lambda t: cli("train", "--config", t, "--out", t / "r"),
+         "error: config {tmp} is a folder, not a .yaml or .json file"),
+    Case(3, "a non-integer --iterations", lambda t: cli(*register_args(t), "--iterations", "many"),
+         "error: argument --iterations: invalid int value: 'many' (see python -m searchmorph_lite register --help)"),
+    # 4. outputs
+    Case(4, "register --out x --flow x", lambda t: cli(*register_args(t, **{"--flow": str(t / "w.nii.gz")})),
+         "error: --out and --flow are the same file ({tmp}/w.nii.gz): one would overwrite the other"),
+    Case(4, "register --out equal to --moving", lambda t: cli(*register_args(
+        t, **{"--moving": str(copy("m.nii.gz", t)), "--out": str(t / "m.nii.gz")})),
+         "error: --out {tmp}/m.nii.gz is the --moving input: writing it would destroy the input"),
+    Case(4, "register --out a hard link to --fixed", _hard_link_out,
+         "error: --out {tmp}/w.nii.gz is the --fixed input: writing it would destroy the input"),
+    Case(4, "register --out a folder", lambda t: cli(*register_args(t, **{"--out": str(t)})),
+         "error: --out {tmp} is a folder; give a file name such as {tmp}/out.nii.gz"),
+    Case(4, "register --out with another extension", lambda t: cli(*register_args(t, **{"--out": str(t / "w.png")})),
+         "error: --out {tmp}/w.png must end in .nii.gz or .nii"),
+    Case(4, "register --out inside a file", _out_under_a_file,
+         "error: --out {tmp}/notes/w.nii.gz: {tmp}/notes is a file, not a folder"),
+    Case(4, "evaluate --out a folder", lambda t: cli("evaluate", "--checkpoint", shared("vm.pt"), "--dataset",
+                                                      "brain2d", "--out", t),
+         "error: --out {tmp} is a folder; give a file name such as {tmp}/out.json"),
+    Case(4, "train --out a file", lambda t: cli("train", "--config", tiny_yaml(t), "--out", t / "cfg.yaml"),
+         "error: run folder {tmp}/cfg.yaml is a file; training writes a folder (checkpoint.pt inside)"),
+    # 5. unsafe advice
+    Case(5, "a malicious checkpoint (its pickle calls os.system)", _malicious,
+         "error: refused to load {tmp}/evil.pt: it refers to Python code (posix.system) that a safe load does not "
+         "run, so it is not a searchmorph_lite checkpoint"),
+    Case(5, "a junk checkpoint", lambda t: (t / "ck.pt").write_bytes(b"not a checkpoint") and cli(
+        *register_args(t, **{"--checkpoint": str(t / "ck.pt")})),
+         "error: cannot read checkpoint {tmp}/ck.pt: not a torch checkpoint, or damaged (UnpicklingError: "
+         "Unsupported operand 110)"),
+    Case(5, "a prepared split (.npz) holding Python objects", _object_npz,
+         "error: cannot read {tmp}/data/camus/test.npz: it holds Python object arrays, which are never loaded; "
+         "prepare it again with: python data_scripts/prepare_camus.py --src /path/to/CAMUS_public --out {tmp}/data"),
+    # 6. nonsense
+    Case(6, "a complex-valued NIfTI", lambda t: cli(*register_args(t, **{"--moving": str(nifti(
+        t / "c.nii.gz", np.ones((64, 64)) * (1 + 1j), dtype=np.complex64))})),
+         "error: --moving {tmp}/c.nii.gz is complex-valued (complex64); register a real image, e.g. its magnitude"),
+    Case(6, "register() of a complex numpy array", lambda t: raises(lambda: _register(np.ones((32, 32)) * 1j)),
+         "ValueError: moving is complex-valued (complex128); pass a real image, e.g. np.abs(moving)"),
+    Case(6, "register() of a complex tensor", lambda t: raises(
+        lambda: _register(torch.ones(32, 32, dtype=torch.complex64))),
+         "ValueError: moving is complex-valued (torch.complex64); pass a real image, e.g. moving.abs()"),
+    Case(6, "register --iterations 100000", lambda t: cli(*register_args(t), "--iterations", "100000"),
+         "error: --iterations=100000 is more than 1000: each iteration costs as much time as the first and the field "
+         "stops changing after a few dozen (the paper uses 4 to 16)"),
+    Case(6, "model(moving, fixed, iterations=0)", lambda t: raises(
+        lambda: _small_model()(torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32), iterations=0)),
+         "ValueError: iterations must be >= 1, got 0"),
+    Case(6, "train --max-steps 0", lambda t: cli("train", "--config", tiny_yaml(t), "--out", t / "r",
+                                                  "--max-steps", "0"),
+         "error: --max-steps must be an integer >= 1, got 0"),
+    Case(6, "evaluate --max-pairs 0", lambda t: cli("evaluate", "--checkpoint", shared("vm.pt"), "--dataset",
+                                                     "brain2d", "--max-pairs", "0"),
+         "error: --max-pairs must be an integer >= 1, got 0"),
+    Case(6, "a JSON config with lr NaN", lambda t: (t / "c.json").write_text('{"lr": NaN}') and cli(
+        "train", "--config", t / "c.json", "--out", t / "r"),
+         "error: {tmp}/c.json: TrainConfig.lr must be a finite number, got nan"),
+    # 8. wording
+    Case(8, "a 1 x 1 NIfTI", lambda t: cli(*register_args(t, **{"--moving": str(nifti(t / "p.nii.gz",
+                                                                                        np.ones((1, 1))))})),
+         "error: --moving {tmp}/p.nii.gz is 1 x 1 voxels: too small to register (at least 2 along every axis)"),
+    Case(8, "a folder given as --moving", lambda t: cli(*register_args(t, **{"--moving": str(t)})),
+         "error: --moving {tmp} is a folder, not a NIfTI file"),
+    Case(8, "a training run folder given as --checkpoint (it works)",
+         lambda t: cli(*register_args(t, **{"--checkpoint": str(shared("run"))}), ok=True),
+         "wrote {tmp}/w.nii.gz"),
+    Case(8, "a folder without checkpoint.pt given as --checkpoint",
+         lambda t: cli(*register_args(t, **{"--checkpoint": str(t)})),
+         "error: {tmp} is a folder without checkpoint.pt (a training run folder holds one after its first epoch)"),
+    Case(8, "a ./brain2d folder in the working folder, --checkpoint brain2d (the pretrained model runs)",
+         _shadowing_folder, "note: --checkpoint brain2d is the pretrained model; write ./brain2d for the local one"),
+    Case(8, "VoxelMorph weights in a SearchMorph checkpoint", _vm_weights_in_sm,
+         "error: {tmp}/ck.pt: its weights do not fit a SearchMorph: 56 tensor(s) missing and 24 unexpected (e.g. "
+         "'encoder.trunk.down.0.0.weight'); they look like VoxelMorph weights"),
+    Case(8, "register(a, b, None)", lambda t: raises(lambda: _register(np.ones((32, 32)), model=None)),
+         "ValueError: model must be a searchmorph_lite registration model (SearchMorph, VoxelMorph, or "
+         "load_pretrained/load_checkpoint), got NoneType"),
+    Case(8, "an image with finite values of 1e308", lambda t: raises(lambda: _register(np.full((32, 32), 1e308))),
+         "ValueError: moving has values too large to register (largest |value| 1e+308, float32 holds up to "
+         "3.4e+38); rescale the image, e.g. divide it by its maximum"),
+    Case(8, "a NIfTI with finite values of 1e308", lambda t: cli(*register_args(t, **{"--moving": str(nifti(
+        t / "big.nii.gz", np.full((64, 64), 1e308), dtype=np.float64))})),
+         "error: --moving {tmp}/big.nii.gz has values too large to register (largest |value| 1e+308, float32 holds "
+         "up to 3.4e+38); rescale it"),
+    Case(8, "a checkpoint with NaN weights", _nan_weights,
+         "error: {tmp}/ck.pt: weight 'encoder.trunk.down.0.0.weight' holds NaN or inf values, so the checkpoint is "
+         "unusable"),
+    Case(8, "register() with a model whose weights are NaN", _nan_model,
+         "ValueError: the model's weight 'encoder.trunk.down.0.0.weight' holds NaN or inf values: the model is "
+         "broken"),
+    # 9. grids
+    Case(9, "images of different size", lambda t: cli(*_grid_case(t, (48, 40))),
+         "error: --moving and --fixed lie on different voxel grids (shape (48, 40) vs (64, 64)); pass --resample to "
+         "resample the moving image onto the fixed image's grid through both NIfTI affines"),
+    Case(9, "images of the same size but another voxel spacing", lambda t: cli(*_grid_case(t, (64, 64), (2.0, 2.0))),
+         "error: --moving and --fixed lie on different voxel grids (voxel spacing (2, 2) vs (1, 1) mm); pass "
+         "--resample to resample the moving image onto the fixed image's grid through both NIfTI affines"),
+    Case(9, "the same with --resample (it runs)", lambda t: _resampled_line(t),
+         "resampled --moving {tmp}/m.nii.gz (48, 40) onto the --fixed grid (64, 64) through both affines "
+         "(nibabel.processing.resample_from_to, linear, 0 outside the moving image)"),
+]  # fmt: skip
+
+
+def _fewer_epochs(t: Path) -> list[str]:
+    args = resume_args(t, epochs=2)
+    cli(*args, ok=True)  # the run now has 2 epochs
+    return ["train", "--config", tiny_yaml(t, epochs=1), "--out", t / "run", "--resume", "--device", "cpu"]
+
+
+def _cpu_torch(call: Callable[[], str]) -> str:
+    with mock.patch.object(torch.version, "cuda", None):
+        return call()
+
+
+def _register(moving, model: object = "small"):
+    from searchmorph_lite import register
+
+    model = _small_model() if model == "small" else model
+    return register(moving, np.ones((32, 32)), model)
+
+
+def _resampled_line(t: Path) -> str:
+    return cli(*_grid_case(t, (48, 40), (1.0, 1.0), "--resample"), ok=True, line=0)
+
+
+# ---------------------------------------------------------------------------------------------------- checking
+
+
+def pattern(expected: str, tmp: Path) -> re.Pattern:
+    """Regex of ``expected``: ``{tmp}`` is the case's folder, ``...`` any text."""
+    parts = [re.escape(p).replace(re.escape("{tmp}"), re.escape(str(tmp))) for p in expected.split("...")]
+    return re.compile(".*?".join(parts), re.DOTALL)
+
+
+def render(cases: list[Case] = CASES) -> str:
+    """The book page: one table per item of the issue, each case with the line it gets."""
+    lines = [
+        "# What bad input gets",
+        "",
+        "Every case of the reliability sweep (issue 10) with the one line the user now sees. The command line",
+        "prints errors as `error: ...` on stderr and exits with code 2, without a traceback and without writing",
+        "anything; the Python API raises `ValueError` or `FileNotFoundError` with the same words. `<tmp>` is the",
+        "folder of the case and `...` a part that varies. Each row is a test: `tests/test_reliability.py` runs it",
+        "and checks the message, and that this page is up to date (`python tests/bad_input_table.py` rewrites it).",
+        "",
+        "No message ever advises an unsafe load: torch's \"re-run with weights_only=False\" and numpy's",
+        "`allow_pickle` are never passed on, since following them would run the file's code.",
+        "",
+    ]
+    for item, title in ITEMS.items():
+        rows = [c for c in cases if c.item == item]
+        lines += [f"## {item}. {title}", ""]
+        if item == 7:
+            lines += [
+                "A kill during a write can leave the writer's temporary, `.<name>.<8 random characters>.tmp` (or",
+                "`.tmp.nii`, `.tmp.nii.gz`), beside the target. The next write of the same target removes those",
+                "that nobody has touched for 10 minutes; a live writer keeps its own fresh, so concurrent writes are",
+                "safe. Nothing else is ever removed: not `.foo.tmp`, not `x.tmp`, not another target's temporaries,",
+                "not a link or a folder of that name (`tests/test_reliability.py::test_stale_temporaries_*`).",
+                "",
+            ]
+            continue
+        lines += ["| Case | What the user sees |", "|---|---|"]
+        for case in rows:
+            message = case.expected.replace("{tmp}", "<tmp>").replace("|", "\\|")
+            lines.append(f"| {case.what} | `{message}` |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    PAGE.write_text(render())
+    print(f"wrote {PAGE}")
+    if "--run" in sys.argv:  # print what every case gets now (to update ``expected``)
+        for case in CASES:
+            with tempfile.TemporaryDirectory() as folder:
+                try:
+                    line = case.run(Path(folder))
+                except Exception as err:  # noqa: BLE001 - a report, not a test
+                    line = f"FAILED {type(err).__name__}: {err}"
+                ok = bool(pattern(case.expected, Path(folder)).fullmatch(line))
+                print(f"{'ok ' if ok else 'BAD'} {case.what}\n    {line.replace(folder, '{tmp}')}")

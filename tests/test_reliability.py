@@ -1,0 +1,376 @@
+"""Issue 10's bad-input and fault sweep: every case gets one readable line, and what must keep working does.
+
+The cases and their lines live in ``bad_input_table.py`` (which also renders ``book/bad_input.md``); the tests
+below them check behaviour that a line cannot show: digests, applied config changes, memory, JSON, temporaries,
+resampling.
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from bad_input_table import (
+    CASES,
+    PAGE,
+    SMALL,
+    TINY_TRAIN,
+    cli,
+    copy,
+    nifti,
+    pattern,
+    register_args,
+    render,
+    shared,
+    tiny_yaml,
+)
+
+from searchmorph_lite import SearchMorph, SearchMorphConfig, load_checkpoint, read_checkpoint, register
+from searchmorph_lite.train import TrainConfig, train
+
+UNSAFE = ("weights_only", "allow_pickle", "arbitrary code")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.item}-{c.what[:60]}" for c in CASES])
+def test_bad_input_gets_its_one_line(case, tmp_path):
+    line = case.run(tmp_path)
+    assert "\n" not in line and not any(word in line for word in UNSAFE), line
+    assert pattern(case.expected, tmp_path).fullmatch(line), f"\n got: {line}\nwant: {case.expected}"
+
+
+def test_book_page_lists_every_case_as_the_tests_check_them():
+    assert PAGE.read_text() == render(), "run: python tests/bad_input_table.py"
+
+
+# 1. damaged checkpoints ------------------------------------------------------------------------------------------
+
+
+def test_save_checkpoint_stores_a_digest_that_read_checkpoint_verifies(tmp_path):
+    raw = torch.load(shared("ck.pt"), weights_only=True)
+    assert len(raw["sha256"]) == 64
+    raw["config"]["radius"] = 1  # the digest covers the config too
+    torch.save(raw, tmp_path / "ck.pt")
+    with pytest.raises(ValueError, match="ck.pt is damaged: its weights do not match the SHA-256"):
+        read_checkpoint(tmp_path / "ck.pt")
+
+
+def test_shipped_format_1_files_without_a_digest_still_load():
+    from searchmorph_lite.pretrained import available_pretrained, pretrained_path
+
+    for name in available_pretrained():
+        raw = torch.load(pretrained_path(name), weights_only=True)
+        assert "sha256" not in raw and raw["format"] == "searchmorph_lite.checkpoint/1"
+        assert read_checkpoint(pretrained_path(name))["model"] in ("SearchMorph", "VoxelMorph")
+
+
+def test_a_file_saved_without_zip_crcs_still_loads(tmp_path):
+    raw = torch.load(shared("ck.pt"), weights_only=True)
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(raw, tmp_path / "ck.pt")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    assert read_checkpoint(tmp_path / "ck.pt")["model"] == "SearchMorph"
+
+
+def test_one_line_removes_torchs_unsafe_advice():
+    from searchmorph_lite._checks import one_line
+
+    torch_text = (
+        "Weights only load failed. In PyTorch 2.6, we changed the default value of the `weights_only` argument "
+        "in `torch.load` from `False` to `True`. Re-running `torch.load` with `weights_only` set to `False` will "
+        "likely succeed, but it can result in arbitrary code execution.\n\nUnsupported operand 149\n\nCheck the "
+        "documentation of torch.load to learn more"
+    )
+    assert one_line(torch_text) == "Unsupported operand 149"
+    assert one_line(ValueError("Object arrays cannot be loaded when allow_pickle=False")) == "unreadable input"
+
+
+# 2. resume ---------------------------------------------------------------------------------------------------------
+
+
+def test_an_allowed_config_change_runs_the_new_lr_and_records_when(tmp_path):
+    run = copy("run", tmp_path)
+    cfg = TrainConfig(**{**TINY_TRAIN, "lr": 0.01, "epochs": 3})
+    with pytest.raises(ValueError, match="lr: 0.001 in the checkpoint, 0.01 now"):
+        train(cfg, run, resume=True, device="cpu", progress=False, max_steps=1)
+    history = train(cfg, run, resume=True, device="cpu", progress=False, max_steps=1, allow_config_change=True)
+    assert history["epoch"] == [1, 2, 3]
+    ckpt = read_checkpoint(run / "checkpoint.pt")
+    assert [g["lr"] for g in ckpt["optimizer"]["param_groups"]] == [0.01]
+    assert ckpt["metadata"]["train_config"]["lr"] == 0.01
+    assert ckpt["metadata"]["config_changes"] == [{"from_epoch": 2, "changes": {"lr": [0.001, 0.01]}}]
+    # resuming again with the same config needs no flag and keeps the record
+    train(TrainConfig(**{**TINY_TRAIN, "lr": 0.01, "epochs": 4}), run, resume=True, device="cpu", progress=False,
+          max_steps=1)  # fmt: skip
+    assert read_checkpoint(run / "checkpoint.pt")["metadata"]["config_changes"][0]["from_epoch"] == 2
+
+
+def test_resume_with_only_more_epochs_needs_no_flag(tmp_path):
+    run = copy("run", tmp_path)
+    history = train(TrainConfig(**{**TINY_TRAIN, "epochs": 2}), run, resume=True, device="cpu", progress=False)
+    assert history["epoch"] == [1, 2] and "config_changes" not in read_checkpoint(run)["metadata"]
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    import searchmorph_lite.train as tr
+
+    run = copy("run", tmp_path)
+    before = (run / "checkpoint.pt").read_bytes()
+    monkeypatch.setattr(tr, "registration_loss_all", lambda *a: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(ValueError, match="training diverged: the loss is nan at epoch 2, step 1"):
+        train(TrainConfig(**{**TINY_TRAIN, "epochs": 2}), run, resume=True, device="cpu", progress=False)
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
+# 3. types and devices -------------------------------------------------------------------------------------------
+
+
+def test_yaml_reads_1e_minus_3_as_a_number(tmp_path):
+    (tmp_path / "c.yaml").write_text("lr: 1e-3\nalpha: 2\n")
+    cfg = TrainConfig.from_file(tmp_path / "c.yaml")
+    assert cfg.lr == 0.001 and cfg.alpha == 2.0 and isinstance(cfg.alpha, float)
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("dataset", 3),
+        ("dataset_options", "num_pairs=4"),
+        ("model", ["SearchMorph"]),
+        ("model_config", [3]),
+        ("similarity", None),
+        ("alpha", "2"),
+        ("iteration_weight", True),
+        ("epochs", 2.0),
+        ("batch_size", "8"),
+        ("lr", float("inf")),
+        ("seed", "0"),
+        ("val_pairs", 1.5),
+    ],
+)
+def test_every_train_config_field_refuses_a_wrong_type(field, value):
+    with pytest.raises(ValueError, match=f"TrainConfig.{field} must be"):
+        TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("spec,match", [("gpu0", "unknown device 'gpu0'"), ("tpu", "unknown device"),
+                                        ("meta", "unsupported device 'meta'")])  # fmt: skip
+def test_device_names_are_checked(spec, match):
+    from searchmorph_lite._checks import check_device
+
+    with pytest.raises(ValueError, match=match):
+        check_device(spec)
+    assert check_device("cpu") == torch.device("cpu")
+
+
+def test_an_unexpected_error_is_one_line_with_exit_code_1(monkeypatch, capsys):
+    import searchmorph_lite.cli as c
+
+    def boom(args):
+        raise RuntimeError("something broke\ninside")
+
+    monkeypatch.setattr(c, "cmd_register", boom)
+    code = c.main(register_args(Path("/nonexistent")))
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "unexpected RuntimeError: something broke inside" in err
+
+
+# 4. outputs --------------------------------------------------------------------------------------------------------
+
+
+def test_output_paths_are_checked_before_the_checkpoint_is_even_read(tmp_path):
+    moving = copy("m.nii.gz", tmp_path)
+    line = cli(*register_args(tmp_path, **{"--moving": str(moving), "--out": str(moving),
+                                           "--checkpoint": str(tmp_path / "missing.pt")}))  # fmt: skip
+    assert "is the --moving input" in line and moving.read_bytes() == shared("m.nii.gz").read_bytes()
+
+
+def test_a_symlink_to_the_input_is_refused_too(tmp_path):
+    moving = copy("m.nii.gz", tmp_path)
+    (tmp_path / "link.nii.gz").symlink_to(moving)
+    line = cli(*register_args(tmp_path, **{"--moving": str(moving), "--out": str(tmp_path / "link.nii.gz")}))
+    assert "is the --moving input" in line
+
+
+# 6. nonsense -----------------------------------------------------------------------------------------------------
+
+
+def _count_upsamples(monkeypatch):
+    import searchmorph_lite.model as model_module
+
+    calls = []
+    real = model_module.upsample_flow
+    monkeypatch.setattr(model_module, "upsample_flow", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_forward_keeps_every_field_only_when_asked(monkeypatch):
+    torch.manual_seed(0)
+    model = SearchMorph(SearchMorphConfig(**SMALL)).eval()
+    m, f = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    calls = _count_upsamples(monkeypatch)
+    with torch.no_grad():
+        every = model(m, f, iterations=6)
+        last = model(m, f, iterations=6, keep_flows=False)
+    assert len(every.flows) == 6 and len(last.flows) == 1 and len(calls) == 6 + 1
+    assert torch.equal(every.flow, last.flow) and torch.equal(every.warped, last.warped)
+
+
+def test_register_and_evaluate_keep_only_the_last_field(monkeypatch):
+    from searchmorph_lite.data import load_dataset
+    from searchmorph_lite.train import evaluate
+
+    model = SearchMorph(SearchMorphConfig(**SMALL)).eval()
+    calls = _count_upsamples(monkeypatch)
+    register(np.random.rand(32, 32), np.random.rand(32, 32), model, iterations=12)
+    assert len(calls) == 1
+    evaluate(model, load_dataset("brain2d", "val", num_pairs=2, image_size=(32, 32)), iterations=12, batch_size=2)
+    assert len(calls) == 2
+
+
+def test_json_text_writes_null_for_nan_and_inf():
+    from searchmorph_lite._files import json_text
+
+    text = json_text({"a": float("nan"), "b": [1.0, float("inf")], "c": np.float32(0.5), "d": np.arange(2)})
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == {"a": None, "b": [1.0, None], "c": 0.5,
+                                                                          "d": [0, 1]}  # fmt: skip
+
+
+def _nan_metrics(monkeypatch):
+    import searchmorph_lite.train as tr
+
+    real = tr.evaluate
+
+    def evaluate(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return {**out, "dice_mean": float("nan"), "folding_mean": float("inf"), "ncc_after": [float("nan")]}
+
+    monkeypatch.setattr(tr, "evaluate", evaluate)
+
+
+def test_train_prints_strict_json_when_a_metric_is_nan(tmp_path, monkeypatch):
+    _nan_metrics(monkeypatch)
+    line = cli("train", "--config", tiny_yaml(tmp_path, val_pairs=1), "--out", tmp_path / "run", "--device", "cpu",
+               "--max-steps", "1", ok=True)  # fmt: skip
+    assert json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in {line}"))["val_dice"] is None
+
+
+def test_evaluate_prints_and_writes_strict_json_when_a_metric_is_nan(tmp_path, monkeypatch):
+    _nan_metrics(monkeypatch)
+    line = cli("evaluate", "--checkpoint", shared("vm.pt"), "--dataset", "echo2d-clip", "--max-pairs", "1", "--out",
+               tmp_path / "m.json", "--device", "cpu", ok=True)  # fmt: skip
+    assert json.loads(line, parse_constant=lambda c: pytest.fail(c))["dice_mean"] is None
+    metrics = json.loads((tmp_path / "m.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert metrics["folding_mean"] is None and metrics["ncc_after"] == [None]
+
+
+# 7. temporaries --------------------------------------------------------------------------------------------------
+
+
+def _age(path: Path, seconds: float) -> Path:
+    os.utime(path, (time.time() - seconds, time.time() - seconds))
+    return path
+
+
+def test_stale_temporaries_of_the_same_target_are_removed_and_nothing_else(tmp_path):
+    from searchmorph_lite._files import atomic_write_text
+
+    target = tmp_path / "w.nii.gz"
+    ours = tmp_path / ".w.nii.gz.k3x_9abz.tmp.nii.gz"
+    ours.write_bytes(b"x" * 1000)
+    _age(ours, 3600)
+    foreign = {
+        ".foo.tmp": 3600,  # no random part
+        "x.tmp": 3600,
+        ".w.nii.gz.abc.tmp.nii.gz": 3600,  # random part of another length
+        ".w.nii.gz.abcdefgh.tmp": 3600,  # the suffix of another kind of target
+        ".v.nii.gz.abcdefgh.tmp.nii.gz": 3600,  # another target's
+        ".w.nii.gz.ABCDEFGH.tmp.nii.gz": 3600,  # tempfile never uses capitals
+        ".w.nii.gz.fresh123.tmp.nii.gz": 5,  # a writer that is still at work
+        "w.nii.gz.abcdefgh.tmp.nii.gz": 3600,  # no leading dot
+    }
+    for name, age in foreign.items():
+        (tmp_path / name).write_text("keep")
+        _age(tmp_path / name, age)
+    (tmp_path / ".w.nii.gz.folder12.tmp.nii.gz").mkdir()  # a folder of that name is never ours
+    atomic_write_text(target, "new")
+    assert not ours.exists() and target.read_text() == "new"
+    for name in foreign:
+        assert (tmp_path / name).read_text() == "keep", name
+    assert (tmp_path / ".w.nii.gz.folder12.tmp.nii.gz").is_dir()
+
+
+def test_stale_temporaries_ignore_links_and_fresh_files(tmp_path):
+    from searchmorph_lite._files import remove_stale_temporaries, stale_temporaries
+
+    target = tmp_path / "ck.pt"
+    (tmp_path / "precious").write_text("keep")
+    link = tmp_path / ".ck.pt.abcdefgh.tmp"
+    link.symlink_to(tmp_path / "precious")
+    fresh = tmp_path / ".ck.pt.ijklmnop.tmp"
+    fresh.write_text("being written")
+    assert stale_temporaries(target, older_than_s=0) == [fresh]
+    assert remove_stale_temporaries(target) == []  # nothing is 10 minutes old
+    assert link.is_symlink() and (tmp_path / "precious").read_text() == "keep"
+
+
+def test_register_removes_the_temporary_an_earlier_kill_left(tmp_path):
+    left = tmp_path / ".w.nii.gz.q1w2e3r4.tmp.nii.gz"
+    left.write_bytes(b"\0" * 15000)
+    _age(left, 3600)
+    cli(*register_args(tmp_path), ok=True)
+    assert not left.exists() and (tmp_path / "w.nii.gz").is_file()
+
+
+# 8. wording -------------------------------------------------------------------------------------------------------
+
+
+def test_a_local_checkpoint_named_like_a_pretrained_model_is_reached_with_dot_slash(tmp_path, monkeypatch):
+    (tmp_path / "brain2d").mkdir()
+    copy("ck.pt", tmp_path / "brain2d", "checkpoint.pt")
+    monkeypatch.chdir(tmp_path)
+    cli(*register_args(tmp_path, **{"--checkpoint": "./brain2d"}), ok=True)
+    expected, _ = register(nib.load(shared("m.nii.gz")).get_fdata(), nib.load(shared("f.nii.gz")).get_fdata(),
+                           load_checkpoint(shared("ck.pt"), device="cpu"))  # fmt: skip
+    assert np.allclose(nib.load(tmp_path / "w.nii.gz").get_fdata(), expected, atol=1e-4)
+
+
+# 9. resampling ---------------------------------------------------------------------------------------------------
+
+
+def test_resample_registers_nibabels_resampling_of_the_moving_image(tmp_path):
+    from nibabel.processing import resample_from_to
+
+    rng = np.random.default_rng(0)
+    affine = np.diag([1.5, 1.25, 1.0, 1.0])
+    affine[:3, 3] = [-3.0, 2.0, 0.0]
+    moving = nifti(tmp_path / "m.nii.gz", rng.random((40, 50)), affine)
+    cli(*register_args(tmp_path, **{"--moving": str(moving)}), "--resample", ok=True)
+    fixed_img = nib.load(shared("f.nii.gz"))
+    m3 = nib.Nifti1Image(nib.load(moving).get_fdata()[..., None], affine)
+    resampled = resample_from_to(m3, ((64, 64, 1), fixed_img.affine), order=1).get_fdata()[..., 0]
+    expected, _ = register(resampled, fixed_img.get_fdata(), load_checkpoint(shared("ck.pt"), device="cpu"))
+    out = nib.load(tmp_path / "w.nii.gz")
+    assert out.shape == (64, 64) and np.allclose(out.affine, fixed_img.affine)
+    assert np.allclose(out.get_fdata(), expected, atol=1e-4)
+
+
+def test_resample_works_for_3d_volumes(tmp_path):
+    from searchmorph_lite import save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = SearchMorphConfig(ndim=3, widths=(4, 8, 8, 8), hidden_dim=8, motion_dim=8, context_dim=8, radius=1)
+    save_checkpoint(tmp_path / "ck3.pt", SearchMorph(cfg))
+    rng = np.random.default_rng(0)
+    moving = nifti(tmp_path / "m.nii.gz", rng.random((12, 14, 10)), np.diag([2.0, 2.0, 2.0, 1.0]))
+    fixed = nifti(tmp_path / "f.nii.gz", rng.random((16, 16, 16)), np.eye(4))
+    args = ["register", "--moving", moving, "--fixed", fixed, "--checkpoint", tmp_path / "ck3.pt", "--out",
+            tmp_path / "w.nii.gz", "--device", "cpu"]  # fmt: skip
+    assert "pass --resample" in cli(*args)
+    assert cli(*args, "--resample", ok=True, line=0).startswith("resampled --moving")
+    assert nib.load(tmp_path / "w.nii.gz").shape == (16, 16, 16)
