@@ -78,7 +78,7 @@ def check_device(device: str | torch.device | None) -> torch.device:
     if device is None or (isinstance(device, str) and device.strip().lower() in ("", "auto")):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        dev = torch.device(device.strip() if isinstance(device, str) else device)
+        dev = torch.device(device.strip().lower() if isinstance(device, str) else device)
     except (RuntimeError, TypeError, ValueError):
         raise ValueError(f"unknown device {device!r}: {_DEVICE_HELP}") from None
     if dev.type == "cuda":

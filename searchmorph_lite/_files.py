@@ -190,8 +190,11 @@ def check_output_paths(
     that are one file, and an output that is an input (compared as resolved paths and by inode, so links count).
     An existing output file that is no input is replaced, as every command line tool does.
     """
-    outs = {label: Path(p) for label, p in outputs.items() if p is not None and str(p) != ""}
-    ins = {label: Path(p) for label, p in (inputs or {}).items() if p is not None and str(p) != ""}
+    for label, p in outputs.items():
+        if p is not None and not str(p).strip():
+            raise ValueError(f"{label} is an empty path; give a file name")
+    outs = {label: Path(p) for label, p in outputs.items() if p is not None}
+    ins = {label: Path(p) for label, p in (inputs or {}).items() if p is not None and str(p).strip()}
     for label, path in outs.items():
         if path.is_dir():
             example = path / ("out" + (suffixes[0] if suffixes else ""))

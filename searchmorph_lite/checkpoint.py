@@ -125,6 +125,8 @@ def checkpoint_file(path: str | os.PathLike) -> Path:
 
     FileNotFoundError naming the path when there is none.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"a checkpoint path must be a str or Path, got {type(path).__name__}")
     path = Path(path)
     if path.is_dir():
         inner = path / "checkpoint.pt"
@@ -146,6 +148,8 @@ def _check_zip_crcs(path: Path) -> None:
     member = "the archive"
     try:
         with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                raise ValueError(f"cannot read checkpoint {path}: a zip archive, but not one torch.save wrote")
             for info in archive.infolist():
                 if info.CRC == 0:
                     continue
@@ -153,7 +157,7 @@ def _check_zip_crcs(path: Path) -> None:
                 with archive.open(info) as stream:  # reading to the end checks the CRC
                     while stream.read(1 << 20):
                         pass
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as err:
+    except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError, RuntimeError) as err:
         what = f"{member} fails its CRC-32 check" if "CRC" in str(err) else f"{member}: {one_line(err, 120)}"
         raise ValueError(
             f"{path} is damaged: its bytes changed after it was written ({what}); restore it from a backup or "

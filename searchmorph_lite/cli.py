@@ -116,6 +116,8 @@ def _checkpoint_spec(spec: str) -> tuple[str, Path | None]:
     from .checkpoint import checkpoint_file
     from .pretrained import PRETRAINED
 
+    if not spec.strip():
+        raise ValueError("--checkpoint is empty; give a checkpoint file, a run folder or a pretrained name")
     if spec in PRETRAINED:
         if Path(spec).exists():
             print(

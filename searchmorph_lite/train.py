@@ -46,6 +46,9 @@ class TrainConfig:
         for f in dataclasses.fields(self):  # a YAML value such as epochs: "3" must not reach the training loop
             value = getattr(self, f.name)
             kind = str(f.type)
+            if isinstance(value, np.generic) and kind in ("int", "float"):  # numpy scalars from a notebook
+                value = value.item()
+                object.__setattr__(self, f.name, value)
             if kind == "float":
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                     raise ValueError(f"TrainConfig.{f.name} must be a finite number, got {value!r}")
@@ -289,6 +292,16 @@ def _check_resume(ckpt: dict, cfg: TrainConfig, path: Path, allow_config_change:
     return diff
 
 
+def _load_split(name: str, split: str, options: dict):
+    """``load_dataset(name, split, **options)``; a ValueError names the dataset and split it came from."""
+    from .data import load_dataset
+
+    try:
+        return load_dataset(name, split, **options)
+    except ValueError as err:
+        raise ValueError(f"{name} {split} split: {one_line(err)}") from None
+
+
 def check_run_folder(out_dir: str | Path, resume: bool) -> Path:
     """``out_dir/checkpoint.pt``, checked before any work: ValueError when the folder is a file, is not writable,
     or already holds a checkpoint that ``resume`` is not asked to continue (a run is never overwritten)."""
@@ -328,8 +341,6 @@ def train(
     """
     from tqdm.auto import tqdm
 
-    from .data import load_dataset
-
     if not isinstance(cfg, TrainConfig):
         raise ValueError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     if max_steps is not None:
@@ -342,13 +353,19 @@ def train(
         ckpt = read_checkpoint(ckpt_path)
         changes = _check_resume(ckpt, cfg, ckpt_path, allow_config_change)
     seed_everything(cfg.seed)
-    train_set = load_dataset(cfg.dataset, "train", **cfg.dataset_options)
+    train_set = _load_split(cfg.dataset, "train", cfg.dataset_options)
     # num_pairs sizes the training set; validation keeps its own pairs and scores the first val_pairs of them
     val_options = {k: v for k, v in cfg.dataset_options.items() if k != "num_pairs"}
-    val_set = load_dataset(cfg.dataset, "val", **val_options) if cfg.val_pairs else None
+    val_set = _load_split(cfg.dataset, "val", val_options) if cfg.val_pairs else None
     if len(train_set) == 0:
         raise ValueError(f"the {cfg.dataset} training split has no pairs")
     model = build_model(cfg.model, cfg.model_config).to(device)
+    image_axes = train_set[0]["moving"].ndim - 1
+    if image_axes != model.ndim:
+        raise ValueError(
+            f"a {model.ndim}D {cfg.model} (model_config.ndim) cannot train on {cfg.dataset}, whose images are "
+            f"{image_axes}D"
+        )
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     history: dict = {"epoch": [], "loss": [], "val_dice": [], "val_folding": [], "seconds": []}
     start_epoch = 0
@@ -373,23 +390,23 @@ def train(
         model.train()
         losses = []
         start = time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
-        for step, batch in enumerate(bar):
-            if max_steps is not None and step >= max_steps:
-                break
-            batch = _batch_to(batch, device)
-            result = model(batch["moving"], batch["fixed"])
-            loss = registration_loss_all(result, batch["moving"], batch["fixed"], cfg)
-            if not torch.isfinite(loss):
-                raise ValueError(
-                    f"training diverged: the loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                    f"{ckpt_path} keeps the last finite epoch (try a lower lr)"
-                )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        with tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False) as bar:
+            for step, batch in enumerate(bar):
+                if max_steps is not None and step >= max_steps:
+                    break
+                batch = _batch_to(batch, device)
+                result = model(batch["moving"], batch["fixed"])
+                loss = registration_loss_all(result, batch["moving"], batch["fixed"], cfg)
+                if not torch.isfinite(loss):
+                    raise ValueError(
+                        f"training diverged: the loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                        f"{ckpt_path} keeps the last finite epoch (try a lower lr)"
+                    )
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
         history["epoch"].append(epoch + 1)
         history["loss"].append(float(np.mean(losses)))
         history["seconds"].append(time.perf_counter() - start)

@@ -484,6 +484,15 @@ CASES = [
          "--out {tmp}/data"),
     Case(3, "a config file that is a folder", lambda t: cli("train", "--config", t, "--out", t / "r"),
          "error: config {tmp} is a folder, not a .yaml or .json file"),
+    Case(3, "a dataset option out of range", lambda t: cli("train", "--config", tiny_yaml(
+        t, dataset_options={"num_pairs": 0}), "--out", t / "r", "--device", "cpu"),
+         "error: brain2d train split: num_pairs must be an integer >= 1, got 0"),
+    Case(3, "a 3D model config on 2D data", lambda t: cli("train", "--config", tiny_yaml(
+        t, model_config={"ndim": 3}), "--out", t / "r", "--device", "cpu"),
+         "error: a 3D VoxelMorph (model_config.ndim) cannot train on brain2d, whose images are 2D"),
+    Case(3, "a .npz given as --checkpoint", lambda t: np.savez(t / "x.npz", a=np.zeros(3)) or cli(
+        *register_args(t, **{"--checkpoint": str(t / "x.npz")})),
+         "error: cannot read checkpoint {tmp}/x.npz: a zip archive, but not one torch.save wrote"),
     Case(3, "a non-integer --iterations", lambda t: cli(*register_args(t), "--iterations", "many"),
          "error: argument --iterations: invalid int value: 'many' (see python -m searchmorph_lite register --help)"),
     # 4. outputs
@@ -496,6 +505,8 @@ CASES = [
          "error: --out {tmp}/w.nii.gz is the --fixed input: writing it would destroy the input"),
     Case(4, "register --out a folder", lambda t: cli(*register_args(t, **{"--out": str(t)})),
          "error: --out {tmp} is a folder; give a file name such as {tmp}/out.nii.gz"),
+    Case(4, "register --out ''", lambda t: cli(*register_args(t, **{"--out": ""})),
+         "error: --out is an empty path; give a file name"),
     Case(4, "register --out with another extension", lambda t: cli(*register_args(t, **{"--out": str(t / "w.png")})),
          "error: --out {tmp}/w.png must end in .nii.gz or .nii"),
     Case(4, "register --out inside a file", _out_under_a_file,
@@ -544,6 +555,15 @@ CASES = [
     Case(8, "a 1 x 1 NIfTI", lambda t: cli(*register_args(t, **{"--moving": str(nifti(t / "p.nii.gz",
                                                                                         np.ones((1, 1))))})),
          "error: --moving {tmp}/p.nii.gz is 1 x 1 voxels: too small to register (at least 2 along every axis)"),
+    Case(8, "a 4D NIfTI given to a 2D model", lambda t: cli(*register_args(t, **{"--moving": str(nifti(
+        t / "4d.nii.gz", np.ones((64, 64, 1, 3))))})),
+         "error: --moving {tmp}/4d.nii.gz is not a 2D image (the model is 2D): shape (64, 64, 1, 3) has 3 axes longer "
+         "than 1"),
+    Case(8, "a NIfTI holding a NaN", lambda t: cli(*register_args(t, **{"--moving": str(nifti(
+        t / "nan.nii.gz", np.where(np.eye(64) > 0, np.nan, 1.0)))})),
+         "error: --moving {tmp}/nan.nii.gz contains NaN or inf values (64 of 4096 voxels)"),
+    Case(8, "a missing --moving", lambda t: cli(*register_args(t, **{"--moving": str(t / "nope.nii.gz")})),
+         "error: --moving {tmp}/nope.nii.gz: no such file"),
     Case(8, "a folder given as --moving", lambda t: cli(*register_args(t, **{"--moving": str(t)})),
          "error: --moving {tmp} is a folder, not a NIfTI file"),
     Case(8, "a training run folder given as --checkpoint (it works)",
