@@ -41,6 +41,16 @@ class TrainConfig:
     lr: float = 1e-3
     seed: int = 0
     val_pairs: int = 16  # validation pairs scored after every epoch (0 = none)
+    val_options: dict = field(default_factory=dict)  # load_dataset options of the validation split, on top of
+    # dataset_options (e.g. {"variability": "wide"}); num_pairs never passes to validation
+    # Budget and schedule for long runs. A budget in CPU seconds of the training steps (forward, loss, backward,
+    # Adam; not data generation or validation) makes runs comparable across models and machines under load:
+    # train two models for the same max_cpu_seconds, one thread each, and they had the same compute.
+    max_cpu_seconds: float = 0.0  # stop once the training steps used this much process CPU time (0: no budget)
+    fresh_pairs: bool = False  # new training pairs every epoch (generated datasets: seed option + 1000 * epoch)
+    # [lo, hi]: each training step runs a number of iterations drawn from lo..hi (SearchMorph only; [] = the
+    # model's own). Training beyond the inference count teaches the iterator to settle, as RAFT's does.
+    train_iterations: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # a YAML value such as epochs: "3" must not reach the training loop
@@ -72,7 +82,29 @@ class TrainConfig:
         from .data.common import check_options
 
         check_options(self.dataset, self.dataset_options, dataset_options(self.dataset))
+        check_options(self.dataset, self.val_options, dataset_options(self.dataset))
         check_model_config(self.model, self.model_config)
+        if self.max_cpu_seconds < 0:
+            raise ValueError(f"TrainConfig.max_cpu_seconds must be >= 0 (0: no budget), got {self.max_cpu_seconds}")
+        if not isinstance(self.fresh_pairs, bool):
+            raise ValueError(f"TrainConfig.fresh_pairs must be true or false, got {self.fresh_pairs!r}")
+        if self.fresh_pairs and "seed" not in dataset_options(self.dataset):
+            raise ValueError(f"TrainConfig.fresh_pairs needs a generated dataset with a seed; {self.dataset} has none")
+        iters = self.train_iterations
+        if isinstance(iters, tuple):
+            object.__setattr__(self, "train_iterations", list(iters))
+            iters = self.train_iterations
+        if not isinstance(iters, list) or (
+            iters
+            and (
+                len(iters) != 2
+                or any(isinstance(n, bool) or not isinstance(n, int) for n in iters)
+                or not 1 <= iters[0] <= iters[1] <= 1000
+            )
+        ):
+            raise ValueError(f"TrainConfig.train_iterations must be [] or [lo, hi] with 1 <= lo <= hi, got {iters!r}")
+        if iters and self.model != "SearchMorph":
+            raise ValueError(f"TrainConfig.train_iterations is for SearchMorph; {self.model} has no iterations")
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
@@ -355,7 +387,7 @@ def train(
     seed_everything(cfg.seed)
     train_set = _load_split(cfg.dataset, "train", cfg.dataset_options)
     # num_pairs sizes the training set; validation keeps its own pairs and scores the first val_pairs of them
-    val_options = {k: v for k, v in cfg.dataset_options.items() if k != "num_pairs"}
+    val_options = {k: v for k, v in {**cfg.dataset_options, **cfg.val_options}.items() if k != "num_pairs"}
     val_set = _load_split(cfg.dataset, "val", val_options) if cfg.val_pairs else None
     if len(train_set) == 0:
         raise ValueError(f"the {cfg.dataset} training split has no pairs")
@@ -367,7 +399,7 @@ def train(
             f"{image_axes}D"
         )
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    history: dict = {"epoch": [], "loss": [], "val_dice": [], "val_folding": [], "seconds": []}
+    history: dict = {"epoch": [], "loss": [], "val_dice": [], "val_folding": [], "seconds": [], "cpu_seconds": []}
     start_epoch = 0
     config_changes: list = []
     if ckpt is not None:
@@ -382,20 +414,35 @@ def train(
             config_changes.append({"from_epoch": start_epoch + 1, "changes": {k: list(v) for k, v in changes.items()}})
         if progress and start_epoch >= cfg.epochs:
             print(f"{ckpt_path} has already run its {cfg.epochs} epochs; nothing to do")
+    history.setdefault("cpu_seconds", [])
+    cpu_used = float(sum(history["cpu_seconds"]))
+    if cfg.max_cpu_seconds and cpu_used >= cfg.max_cpu_seconds:
+        if progress:
+            print(f"{ckpt_path} has used its budget of {cfg.max_cpu_seconds:.0f} CPU seconds; nothing to do")
+        start_epoch = cfg.epochs
     out_dir.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(cfg.seed)
     for epoch in range(start_epoch, cfg.epochs):
         generator.manual_seed(cfg.seed + epoch)
+        if cfg.fresh_pairs and epoch > 0:
+            fresh = {**cfg.dataset_options, "seed": cfg.dataset_options.get("seed", 0) + 1000 * epoch}
+            train_set = _load_split(cfg.dataset, "train", fresh)
         loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=generator, drop_last=False)
+        iteration_rng = np.random.default_rng([cfg.seed, epoch])
         model.train()
         losses = []
-        start = time.perf_counter()
+        start, epoch_cpu, budget_spent = time.perf_counter(), 0.0, False
         with tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False) as bar:
             for step, batch in enumerate(bar):
                 if max_steps is not None and step >= max_steps:
                     break
                 batch = _batch_to(batch, device)
-                result = model(batch["moving"], batch["fixed"])
+                step_start = time.process_time()
+                kwargs = {}
+                if cfg.train_iterations:
+                    lo, hi = cfg.train_iterations
+                    kwargs["iterations"] = int(iteration_rng.integers(lo, hi + 1))
+                result = model(batch["moving"], batch["fixed"], **kwargs)
                 loss = registration_loss_all(result, batch["moving"], batch["fixed"], cfg)
                 if not torch.isfinite(loss):
                     raise ValueError(
@@ -406,10 +453,16 @@ def train(
                 loss.backward()
                 optimizer.step()
                 losses.append(loss.item())
+                epoch_cpu += time.process_time() - step_start
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                if cfg.max_cpu_seconds and cpu_used + epoch_cpu >= cfg.max_cpu_seconds:
+                    budget_spent = True
+                    break
+        cpu_used += epoch_cpu
         history["epoch"].append(epoch + 1)
         history["loss"].append(float(np.mean(losses)))
         history["seconds"].append(time.perf_counter() - start)
+        history["cpu_seconds"].append(epoch_cpu)
         if val_set is not None:
             metrics = evaluate(model, val_set, device, max_pairs=cfg.val_pairs)
             history["val_dice"].append(metrics.get("dice_mean", math.nan))
@@ -427,6 +480,11 @@ def train(
         )
         if progress:
             val = f", val Dice {history['val_dice'][-1]:.3f}" if history["val_dice"] else ""
-            print(f"epoch {epoch + 1}: loss {history['loss'][-1]:.4f}{val} ({history['seconds'][-1]:.0f} s)")
+            print(
+                f"epoch {epoch + 1}: loss {history['loss'][-1]:.4f}{val} ({history['seconds'][-1]:.0f} s, "
+                f"{cpu_used:.0f} CPU s in all)"
+            )
+        if budget_spent:
+            break
     model.eval()
     return history

@@ -39,6 +39,7 @@ VARIANTS = {
     "+artifacts": {"deform": "both", "contrast": "t1", "artifacts": True},
     "+synthetic-contrast": {"deform": "both", "contrast": "mixed", "artifacts": True},
     "+iterations-4-to-8": {"deform": "both", "contrast": "mixed", "artifacts": True, "train_iterations": (4, 8)},
+    "+alpha-4": {"deform": "both", "contrast": "mixed", "artifacts": True, "train_iterations": (4, 8), "alpha": 4.0},
 }
 EVALS = {
     "val T1": {},
@@ -56,9 +57,10 @@ def run(variant: str, cpu_seconds: float, size: tuple[int, int], batch: int, see
     torch.manual_seed(seed)
     spec = dict(VARIANTS[variant])
     lo, hi = spec.pop("train_iterations", (4, 4))
+    alpha = spec.pop("alpha", 2.0)
     model = sm.SearchMorph(sm.SearchMorphConfig(radius=3, iterations=4))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    cfg = TrainConfig(dataset="brain2d-subjects", similarity="lncc", alpha=2.0)
+    cfg = TrainConfig(dataset="brain2d-subjects", similarity="lncc", alpha=alpha)
     rng = np.random.default_rng(seed)
     used, pairs, epoch, losses = 0.0, 0, 0, []
     while used < cpu_seconds:

@@ -1,0 +1,79 @@
+"""Long-run controls of the training loop: a CPU-seconds budget, fresh pairs each epoch, a range of iterations."""
+
+import pytest
+
+from searchmorph_lite import SearchMorph
+from searchmorph_lite.train import TrainConfig, train
+
+TINY = dict(
+    dataset="brain2d-subjects",
+    dataset_options={"num_pairs": 4, "image_size": [48, 48]},
+    model="SearchMorph",
+    model_config={"widths": [8, 8, 8], "hidden_dim": 8, "motion_dim": 8, "context_dim": 8, "levels": 2, "radius": 1},
+    epochs=3,
+    batch_size=2,
+    val_pairs=0,
+)
+
+
+def test_a_cpu_budget_stops_training_and_a_resume_does_not_exceed_it(tmp_path):
+    history = train(
+        TrainConfig(**{**TINY, "epochs": 50, "max_cpu_seconds": 0.5}), tmp_path, device="cpu", progress=False
+    )
+    used = sum(history["cpu_seconds"])
+    assert 0.5 <= used < 0.5 + 5.0 and len(history["epoch"]) < 50  # stopped at the first step past the budget
+    again = train(
+        TrainConfig(**{**TINY, "epochs": 50, "max_cpu_seconds": 0.5}),
+        tmp_path,
+        resume=True,
+        device="cpu",
+        progress=False,
+    )
+    assert again["epoch"] == history["epoch"]  # nothing left to do
+
+
+def test_fresh_pairs_give_new_training_pairs_each_epoch(monkeypatch, tmp_path):
+    import searchmorph_lite.train as train_module
+
+    seeds = []
+    real = train_module._load_split
+
+    def spy(name, split, options):
+        if split == "train":
+            seeds.append(options.get("seed", 0))
+        return real(name, split, options)
+
+    monkeypatch.setattr(train_module, "_load_split", spy)
+    train(TrainConfig(**{**TINY, "fresh_pairs": True}), tmp_path, device="cpu", progress=False)
+    assert seeds == [0, 1000, 2000]
+
+
+def test_train_iterations_draw_the_count_of_each_step_from_the_range(monkeypatch, tmp_path):
+    counts = []
+    forward = SearchMorph.forward
+
+    def spy(self, moving, fixed, iterations=None, **kwargs):
+        counts.append(iterations)
+        return forward(self, moving, fixed, iterations, **kwargs)
+
+    monkeypatch.setattr(SearchMorph, "forward", spy)
+    train(TrainConfig(**{**TINY, "epochs": 4, "train_iterations": [2, 5]}), tmp_path, device="cpu", progress=False)
+    assert len(counts) == 8 and set(counts) <= {2, 3, 4, 5} and len(set(counts)) > 1
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"train_iterations": [5, 2]},
+        {"train_iterations": [4]},
+        {"train_iterations": [0, 3]},
+        {"max_cpu_seconds": -1.0},
+        {"fresh_pairs": "yes"},
+        {"model": "VoxelMorph", "model_config": {}, "train_iterations": [4, 8]},
+        {"dataset": "echo2d-clip", "dataset_options": {}, "fresh_pairs": True},
+        {"val_options": {"contrast": "t9", "no_such_option": 1}},
+    ],
+)
+def test_bad_long_run_settings_are_refused(bad):
+    with pytest.raises(ValueError):
+        TrainConfig(**{**TINY, **bad})
