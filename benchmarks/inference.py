@@ -295,7 +295,7 @@ def memory_row(model: nn.Module, size: tuple[int, int], device: torch.device) ->
     levels, k = model.levels, sm.diamond_offsets(cfg.radius).shape[0]
     image = torch.zeros(1, cfg.in_channels, *size, device=device)
     with torch.no_grad():
-        h_m, h_f = model.feature_encoder(image, image)  # h(M), h(F): (1, D, h, w), the encoder's output resolution
+        h_m, h_f, _ = model.encoder(image, image)  # h(M), h(F): (1, D, h, w), the encoder's output resolution
     gen = torch.Generator(device=device).manual_seed(0)
     h_m = torch.randn(h_m.shape, generator=gen, device=device)
     h_f = torch.randn(h_f.shape, generator=gen, device=device)
