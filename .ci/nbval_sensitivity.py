@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PERTURB = '''\
+PERTURB = """\
 import os
 if os.environ.get("SEARCHMORPH_PERTURB") == "mse_loss+1e-2":
     import searchmorph_lite as sm
@@ -35,12 +35,23 @@ if os.environ.get("SEARCHMORPH_PERTURB") == "mse_loss+1e-2":
         return _mse(*args, **kwargs) + 1e-2
 
     losses.mse_loss = sm.mse_loss = mse_loss
-'''
+"""
 
 
 def nbval(notebook: str, env: dict) -> tuple[int, str]:
-    cmd = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "--sanitize-with",
-           "notebooks/sanitize.cfg", "-p", "no:cacheprovider", "-q", notebook]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "--nbval-lax",
+        "--nbval-current-env",
+        "--sanitize-with",
+        "notebooks/sanitize.cfg",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        notebook,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     return proc.returncode, proc.stdout + proc.stderr
 

@@ -29,7 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 TAG = "colab-install"
 BADGE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
-CELL = '''\
+CELL = """\
 # Colab only: install the book's library (written by .ci/notebook_header.py)
 import os
 import subprocess
@@ -48,10 +48,10 @@ if "google.colab" in sys.modules:  # the library's loose dependencies keep Colab
     except Exception as err:  # no site or no wheel: install from the repository
         print(f"no wheel from {{book}} ({{err}}); installing from {{REPOSITORY}}")
         subprocess.run([*pip, f"git+{{REPOSITORY}}"], check=True)
-'''
+"""
 # The hand-written install that the generated cell replaced (removed from the setup cell on the first run).
 OLD_INSTALL = re.compile(r'\Aimport sys, subprocess\nif "google\.colab" in sys\.modules:.*?check=True\)\n+', re.S)
-EXTRAS = '    subprocess.run([*pip, {packages}], check=True)  # also needed by this chapter\n'
+EXTRAS = "    subprocess.run([*pip, {packages}], check=True)  # also needed by this chapter\n"
 
 
 def settings(config_path: Path = ROOT / "_config.yml") -> dict:

@@ -147,9 +147,13 @@ def write_model_card() -> Path:
             f"- Shipped: {md['shipped']}.",
             "",
         ]
-    lines += ["", "Limits: trained on 2D slices of one template (brain) or synthetic sequences (echo); on other "
-              "data (real inter-subject MR, real echo) expect lower accuracy than on these test splits; chapters "
-              "11-13 of the book measure them.", ""] + details
+    lines += [
+        "",
+        "Limits: trained on 2D slices of one template (brain) or synthetic sequences (echo); on other "
+        "data (real inter-subject MR, real echo) expect lower accuracy than on these test splits; chapters "
+        "11-13 of the book measure them.",
+        "",
+    ] + details
     out = Path(pretrained_path("brain2d")).with_name("MODEL_CARD.md")
     return atomic_write_text(out, "\n".join(lines))
 
