@@ -37,8 +37,9 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -499,7 +500,7 @@ def main() -> None:
 
     results = {
         "command": "python benchmarks/design.py" + "".join(" " + shlex.quote(a) for a in sys.argv[1:]),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "hardware": hardware(device, args.threads),
         "load_average": {"start": load_start, "end": load_average()},
         "warnings": warnings,

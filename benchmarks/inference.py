@@ -21,8 +21,9 @@ import subprocess
 import sys
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -551,7 +552,7 @@ def main() -> None:
     defaults = settings_of(build_parser().parse_args([]))
     results = {
         "command": "python benchmarks/inference.py" + "".join(" " + shlex.quote(a) for a in sys.argv[1:]),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "hardware": hardware(device, args.threads),
         "settings": settings,
         "non_default_settings": ["--" + k.replace("_", "-") for k in settings if settings[k] != defaults[k]],

@@ -6,8 +6,8 @@ re-deciding ``if ndim == 2`` itself, so a 3D model is the 2D one with ``ndim=3``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch.nn.functional as F
 from torch import nn

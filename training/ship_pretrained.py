@@ -59,7 +59,7 @@ def describe_run(ckpt: dict, hardware: str) -> dict:
         "history": history,
         "wall_time_s": float(sum(history["seconds"])),
         "hardware": hardware,
-        "shipped": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
+        "shipped": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
     }
 
 

@@ -195,7 +195,7 @@ def prepare_camus(src: str | Path, out: str | Path) -> dict[str, Any]:
             s: {"patients": len(splits[s]), "sequences": int(len(a["seq_len"])), "frames": int(a["seq_len"].sum())}
             for s, a in split_arrays.items()
         },
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     write_prepared(out / "camus", split_arrays, manifest)
     return manifest

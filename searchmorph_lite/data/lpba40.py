@@ -158,7 +158,7 @@ def prepare_lpba40(src: str | Path, out: str | Path, slice_index: int = 80) -> d
         "counts": {s: int(len(a["subjects"])) for s, a in split_arrays.items()},
         "num_labels": int(len(codes)),
         "axcodes": axcodes,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     write_prepared(out / "lpba40", split_arrays, manifest)
     return manifest
