@@ -417,33 +417,40 @@ model.train()
 with torch.no_grad():
     h_m, h_f, ctx = encoder(moving, fixed)
 
+m0, f0 = moving[0, 0], fixed[0, 0]
+yy, xx = torch.meshgrid(
+    torch.arange(m0.shape[0]), torch.arange(m0.shape[1]), indexing="ij"
+)
+checker = torch.where((yy // 16 + xx // 16) % 2 == 0, m0, f0)  # where M and F disagree
 rows = [
-    ("M / F", [moving[0, 0], fixed[0, 0]]),
+    ("images", [m0, f0, checker]),
     ("h(M)", h_m[0]),
     ("h(F)", h_f[0]),
     ("context", ctx[0, :4]),
 ]
+image_titles = ["moving M", "fixed F", "checkerboard of M and F"]
 fig, axes = plt.subplots(4, 4, figsize=(10, 11))
 for r, (label, maps) in enumerate(rows):
     lim = max(m.abs().max().item() for m in maps)  # one symmetric colour scale per row
-    for c, ax in enumerate(axes[r]):
+    if r == 0:  # three images, and the fourth cell holds the row's colour bar
+        axes[0, 3].remove()
+    for c, ax in enumerate(axes[r][: len(maps)]):
         ax.set_xticks([]), ax.set_yticks([])
-        if c >= len(maps):
-            ax.axis("off")
-            continue
         m = maps[c].cpu()
         im = (
-            ax.imshow(m, cmap="gray")
+            ax.imshow(m, cmap="gray", vmin=0, vmax=1)
             if r == 0
             else ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim)
         )
         ax.set_title(
-            ["moving M", "fixed F"][c] if r == 0 else f"{label}, channel {c}",
-            fontsize=10,
+            image_titles[c] if r == 0 else f"{label}, channel {c}", fontsize=10
         )
     axes[r, 0].set_ylabel(f"{label}  {tuple(maps[0].shape)}")
     fig.colorbar(
-        im, ax=list(axes[r]), shrink=0.8, label="intensity" if r == 0 else "activation"
+        im,
+        ax=list(axes[r][: len(maps)]),
+        shrink=0.8,
+        label="intensity" if r == 0 else "activation",
     )
 fig.suptitle(
     "Untrained joint encoder on a brain2d test pair (features at 1/2 resolution)"
