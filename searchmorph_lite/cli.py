@@ -152,6 +152,15 @@ def _input_file(spec: str) -> Path | None:
         return None
 
 
+def _refine_steps(text: str) -> int | str:
+    """--refine's value: "auto" or a whole number of steps >= 0 (argparse turns a ValueError into one line)."""
+    if text == "auto":
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"--refine takes a number of steps (0, 30, 100, ...) or auto, got {text!r}")
+    return int(text)
+
+
 def cmd_register(args: argparse.Namespace) -> None:
     """Register --moving to --fixed and write --out (and --flow): the checks run before any work."""
     import nibabel as nib
@@ -188,7 +197,7 @@ def cmd_register(args: argparse.Namespace) -> None:
             f"voxel (--resample aligns them through their affines first)",
             file=sys.stderr,
         )
-    warped, flow = register(moving, fixed, model, iterations=args.iterations)
+    warped, flow = register(moving, fixed, model, iterations=args.iterations, refine_steps=args.refine)
     shape = fixed_img.shape
     items = [(args.out, nib.Nifti1Image(warped.reshape(shape).astype(np.float32), fixed_img.affine))]
     if args.flow:
@@ -290,6 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="resample the moving image onto the fixed image's grid through both affines (other size or spacing)",
     )
     p.add_argument("--iterations", type=int, help="override the model's iterations (1 to 1000)")
+    p.add_argument(
+        "--refine",
+        type=_refine_steps,
+        default=0,
+        metavar="N|auto",
+        help="refine the network's field on this pair for N Adam steps of its training loss (auto: the model's "
+        "recommended count; default 0, the network alone)",
+    )
     p.add_argument("--device")
     p.set_defaults(func=cmd_register)
     return parser

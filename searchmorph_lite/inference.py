@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ._checks import check_iterations
 from .base import RegistrationModel
+from .refine import refine_flow
 from .transform import warp
 
 # Registration computes in float32 (the models' weights) and writes float32 NIfTI: larger values overflow.
@@ -89,9 +90,33 @@ def centred_padding(shape: tuple[int, ...], multiple: int) -> list[tuple[int, in
     return [(((-n) % multiple) // 2, (-n) % multiple - ((-n) % multiple) // 2) for n in shape]
 
 
+def refine_settings(model: RegistrationModel, refine_steps: int | str) -> tuple[int, dict]:
+    """(steps, {"similarity", "alpha", "lr"}) for ``register``'s refinement, from ``refine_steps`` and the model's
+    metadata; ValueError for anything but an integer in [0, 10000] or "auto"."""
+    metadata = getattr(model, "metadata", None) or {}
+    if refine_steps == "auto":
+        refine_steps = int(metadata.get("refine_steps", 0))
+    if isinstance(refine_steps, bool) or not isinstance(refine_steps, (int, np.integer)) or refine_steps < 0:
+        raise ValueError(f'refine_steps must be an integer >= 0 or "auto", got {refine_steps!r}')
+    if refine_steps > 10000:
+        raise ValueError(f"refine_steps={refine_steps} is more than 10000; a few hundred steps converge")
+    train_config = metadata.get("train_config", {}) if isinstance(metadata.get("train_config"), dict) else {}
+    options = {
+        "similarity": train_config.get("similarity", "lncc"),
+        "alpha": float(train_config.get("alpha", 2.0)),
+        "lr": float(metadata.get("refine_lr", 0.2)),
+    }
+    return int(refine_steps), options
+
+
 @torch.no_grad()
 def register(
-    moving, fixed, model: RegistrationModel, normalize: bool = True, iterations: int | None = None
+    moving,
+    fixed,
+    model: RegistrationModel,
+    normalize: bool = True,
+    iterations: int | None = None,
+    refine_steps: int | str = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(warped (*S), flow (ndim, *S)) as numpy: ``moving`` registered to ``fixed`` by ``model``.
 
@@ -101,6 +126,10 @@ def register(
     ``size_multiple``, registered, and cropped back. ``warped`` is the original (unnormalized) moving image
     resampled by the field, so it keeps the input's intensities. ``iterations`` (at most 1000) overrides the
     model's; only the last field is kept, so memory does not grow with it.
+
+    ``refine_steps`` N > 0 refines the network's field on this pair for N Adam steps of the model's own training
+    loss (:func:`searchmorph_lite.refine.refine_flow`; similarity and alpha from ``model.metadata``'s training
+    config, else LNCC and 2); "auto" takes ``model.metadata["refine_steps"]`` (0 when absent). 0 is the network.
     """
     if not isinstance(model, RegistrationModel):
         raise ValueError(
@@ -108,6 +137,7 @@ def register(
             f"load_pretrained/load_checkpoint), got {type(model).__name__}"
         )
     kwargs = forward_kwargs(model, iterations)
+    steps, refine_options = refine_settings(model, refine_steps)
     check_weights(model)
     m = to_image_tensor(moving, "moving", model.ndim)
     f = to_image_tensor(fixed, "fixed", model.ndim)
@@ -132,6 +162,12 @@ def register(
     if not torch.isfinite(result.flow).all():
         raise ValueError("the model returned NaN or inf displacements for this pair; the output was not written")
     crop = tuple(slice(before, before + n) for (before, _), n in zip(padding, m.shape))
-    flow = result.flow[(slice(None), slice(None), *crop)].double().cpu()
+    flow = result.flow[(slice(None), slice(None), *crop)]
+    if steps:
+        as_model = {"device": device, "dtype": dtype}
+        flow = refine_flow(
+            m_in[None, None].to(**as_model), f_in[None, None].to(**as_model), flow, steps, **refine_options
+        )
+    flow = flow.double().cpu()
     warped = warp(m[None, None], flow)
     return warped[0, 0].numpy(), flow[0].numpy()

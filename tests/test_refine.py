@@ -60,3 +60,47 @@ def test_refine_steps_must_be_a_non_negative_integer(bad):
     moving, fixed, true = _shifted_pair()
     with pytest.raises(ValueError, match="refine steps"):
         refine_flow(moving, fixed, true, bad)
+
+
+def test_register_with_refinement_lowers_the_loss_and_zero_steps_is_the_network():
+    import numpy as np
+
+    from searchmorph_lite import SearchMorph, SearchMorphConfig, register
+    from searchmorph_lite.inference import normalize_intensity
+
+    moving, fixed, _ = _shifted_pair(size=64)
+    torch.manual_seed(0)
+    model = SearchMorph(SearchMorphConfig(widths=(8, 8, 8), hidden_dim=8, motion_dim=8, context_dim=8, levels=2))
+    model.metadata = {"train_config": {"similarity": "mse", "alpha": 0.01}, "refine_steps": 25}
+    m, f = moving[0, 0].numpy(), fixed[0, 0].numpy()
+    _, net = register(m, f, model)
+    _, zero = register(m, f, model, refine_steps=0)
+    _, auto = register(m, f, model, refine_steps="auto")
+    _, thirty = register(m, f, model, refine_steps=25)
+    assert np.array_equal(net, zero) and np.array_equal(auto, thirty)
+    mn, fn = (normalize_intensity(torch.from_numpy(x).double())[None, None].float() for x in (m, f))
+
+    def loss(flow):
+        return refinement_loss(mn, fn, torch.from_numpy(flow)[None].float(), "mse", 0.01).item()
+
+    assert loss(thirty) < loss(net)
+    with pytest.raises(ValueError, match="refine_steps"):
+        register(m, f, model, refine_steps=-3)
+
+
+def test_cli_register_takes_refine_steps(tmp_path, capsys):
+    import nibabel as nib
+    import numpy as np
+
+    from searchmorph_lite.cli import main
+
+    moving, fixed, _ = _shifted_pair(size=64)
+    for name, img in (("m", moving), ("f", fixed)):
+        nib.save(nib.Nifti1Image(img[0, 0].numpy(), np.eye(4)), tmp_path / f"{name}.nii.gz")
+    args = ["register", "--moving", str(tmp_path / "m.nii.gz"), "--fixed", str(tmp_path / "f.nii.gz")]
+    args += ["--checkpoint", "brain2d", "--out", str(tmp_path / "w.nii.gz"), "--device", "cpu"]
+    assert main(args + ["--refine", "5"]) == 0 and (tmp_path / "w.nii.gz").exists()
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage errors exit, as for every other flag
+        main(args + ["--refine", "lots"])
+    assert exit_info.value.code == 2
+    assert "--refine takes a number of steps (0, 30, 100, ...) or auto, got 'lots'" in capsys.readouterr().err
