@@ -21,7 +21,7 @@ from .metrics import dice, folding_ratio, jacobian_determinant
 from .model import SearchMorph, SearchMorphConfig
 from .pretrained import available_pretrained, load_pretrained
 from .sampling import bilinear_sample, sample_grid, sample_points
-from .transform import SpatialTransformer, identity_grid, upsample_flow, warp
+from .transform import SpatialTransformer, identity_grid, integrate_velocity, upsample_flow, warp
 
 __version__ = "0.1.0"
 
@@ -55,6 +55,7 @@ __all__ = [
     "folding_ratio",
     "grad_l2_loss",
     "identity_grid",
+    "integrate_velocity",
     "jacobian_determinant",
     "lncc_loss",
     "load_checkpoint",

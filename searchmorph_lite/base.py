@@ -14,12 +14,15 @@ from ._checks import check_image, check_same_spatial
 class RegistrationResult:
     """What a registration model returns: the final field, the warped moving image, and every iteration's field.
 
-    flow: (B, ndim, *S) in full-resolution pixels; warped: (B, C, *S); flows: list of (B, ndim, *S).
+    flow: (B, ndim, *S) in full-resolution pixels; warped: (B, C, *S); flows: list of (B, ndim, *S);
+    velocity: the stationary velocity field (B, ndim, *S) whose exponential is ``flow`` for diffeomorphic models,
+    else None.
     """
 
     flow: torch.Tensor
     warped: torch.Tensor
     flows: list[torch.Tensor] = field(default_factory=list)
+    velocity: torch.Tensor | None = None
 
 
 class RegistrationModel(nn.Module):

@@ -36,24 +36,30 @@ def stack_pair(moving: torch.Tensor, fixed: torch.Tensor, joint: bool) -> torch.
 
 
 class UNetTrunk(nn.Module):
-    """U-Net trunk: input (B, in_channels, *S) -> (B, widths[1], *S/2), with skip connections.
+    """U-Net trunk: input (B, in_channels, *S) -> (B, widths[stride - 1], *S/stride), with skip connections.
 
     Encoder levels 1, 1/2, ..., 1/2^(len(widths)-1) with ``widths`` channels; the decoder climbs back to 1/2
-    resolution, concatenating the skip of each level. Inputs must be divisible by 2^(len(widths)-1).
+    resolution (``stride=2``, the paper's) or to full resolution (``stride=1``: one more up block, onto the
+    level-0 skip), concatenating the skip of each level. Inputs must be divisible by 2^(len(widths)-1).
     """
 
-    def __init__(self, in_channels: int = 2, widths: tuple[int, ...] = (16, 32, 32, 32), ndim: int = 2) -> None:
+    def __init__(
+        self, in_channels: int = 2, widths: tuple[int, ...] = (16, 32, 32, 32), ndim: int = 2, stride: int = 2
+    ) -> None:
         super().__init__()
         if len(widths) < 2:
             raise ValueError(f"widths needs at least 2 levels, got {widths}")
+        if stride not in (1, 2):
+            raise ValueError(f"UNetTrunk stride must be 1 or 2, got {stride!r}")
         self.widths = tuple(widths)
+        self.stride = stride
         self.down = nn.ModuleList()
         prev = in_channels
         for i, w in enumerate(widths):
             self.down.append(conv_block(prev, w, stride=1 if i == 0 else 2, ndim=ndim))
             prev = w
         self.up = nn.ModuleList()
-        for i in range(len(widths) - 2, 0, -1):  # decode back to level 1 (1/2 resolution)
+        for i in range(len(widths) - 2, stride - 2, -1):  # decode back to level stride - 1 (1/stride resolution)
             self.up.append(conv_block(prev + widths[i], widths[i], ndim=ndim))
             prev = widths[i]
         self.out_channels = prev
@@ -116,9 +122,9 @@ class ContextHead(nn.Module):
 class SharedEncoder(nn.Module):
     """Fig. 1's feature and context encoders: one trunk, run once, and two heads -> (h(M), h(F), context).
 
-    ``forward(moving, fixed)`` with images (B, C, *S) returns h(M), h(F) (B, feature_dim, *S/2) and the context
-    (B, context_dim, *S/2), or None when ``context_dim`` is 0 (Table III "w/o context"). The paper's encoders
-    "share weights for each layer except for the last layer": that is this one trunk with two last layers.
+    ``forward(moving, fixed)`` with images (B, C, *S) returns h(M), h(F) (B, feature_dim, *S/stride) and the
+    context (B, context_dim, *S/stride), or None when ``context_dim`` is 0 (Table III "w/o context"). The paper's
+    encoders "share weights for each layer except for the last layer": that is this one trunk with two last layers.
     """
 
     def __init__(
@@ -129,10 +135,11 @@ class SharedEncoder(nn.Module):
         context_dim: int = 32,
         joint: bool = True,
         ndim: int = 2,
+        stride: int = 2,
     ) -> None:
         super().__init__()
         self.joint = joint
-        self.trunk = UNetTrunk(in_channels * (2 if joint else 1), widths, ndim=ndim)
+        self.trunk = UNetTrunk(in_channels * (2 if joint else 1), widths, ndim=ndim, stride=stride)
         self.feature_head = FeatureHead(self.trunk.out_channels, feature_dim, joint=joint, ndim=ndim)
         self.context_head = ContextHead(self.trunk.out_channels, context_dim, joint, ndim) if context_dim else None
 

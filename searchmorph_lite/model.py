@@ -13,7 +13,7 @@ from .base import RegistrationModel, RegistrationResult
 from .correlation import LOOKUPS
 from .encoders import SharedEncoder
 from .iterator import DeformationFieldIterator
-from .transform import upsample_flow, warp
+from .transform import integrate_velocity, upsample_flow, warp
 
 __all__ = ["RegistrationResult", "SearchMorph", "SearchMorphConfig"]
 
@@ -40,6 +40,9 @@ class SearchMorphConfig:
     use_search: bool = True  # Table III "w/o search module": the GRU sees features instead of a search map
     use_pyramid: bool = True  # Table III "w/o corr pyramid": one level only
     ndim: int = 2
+    diffeomorphic: bool = False  # True: the iterator accumulates a stationary velocity v; the field is exp(v)
+    integration_steps: int = 7  # scaling-and-squaring steps of exp(v) (VoxelMorph-diff's 7)
+    feature_stride: int = 2  # features, search and GRU at 1/2 resolution (the paper's); 1 = full resolution
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(self.widths))
@@ -54,8 +57,12 @@ class SearchMorphConfig:
         for name in ("in_channels", "feature_dim", "hidden_dim", "motion_dim", "levels", "iterations"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SearchMorphConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.integration_steps < 0:
+            raise ValueError(f"SearchMorphConfig.integration_steps must be >= 0, got {self.integration_steps}")
         if self.radius < 0:
             raise ValueError(f"SearchMorphConfig.radius must be >= 0, got {self.radius}")
+        if self.feature_stride not in (1, 2):
+            raise ValueError(f"SearchMorphConfig.feature_stride must be 1 or 2, got {self.feature_stride}")
         if self.ndim not in (2, 3):
             raise ValueError(f"SearchMorphConfig.ndim must be 2 or 3, got {self.ndim}")
 
@@ -77,7 +84,15 @@ class SearchMorph(RegistrationModel):
     """SearchMorph (Fig. 1): ``model(moving, fixed)`` with images (B, C, *S) -> RegistrationResult.
 
     Encoder -> correlation lookup -> ``iterations`` x (search map -> ConvGRU -> field update) -> x2 upsampled
-    field -> warp. 2D or 3D (``config.ndim``); in 3D the diamond of eq. 3 becomes the octahedron.
+    field -> warp. 2D or 3D (``config.ndim``); in 3D the diamond of eq. 3 becomes the octahedron. With
+    ``config.feature_stride=1`` (not the paper's) the trunk decodes to full resolution, the search and the GRU run
+    there, and the field is not upsampled: finer fields, at 2^ndim times the search cost.
+
+    With ``config.diffeomorphic`` the iterator's accumulated field is a stationary velocity v (not in the paper,
+    which is not diffeomorphic; VoxelMorph-diff's construction): v is upsampled like the field and the output
+    displacement is exp(v) by scaling and squaring (:func:`~searchmorph_lite.transform.integrate_velocity`), so
+    it cannot fold up to discretisation. The search and the GRU still see v itself, which equals exp(v) to first
+    order; integrating at every iteration would cost ``integration_steps`` warps per iteration.
 
     The field lives on the fixed image's grid (``warp`` samples the moving image at p + flow(p)), so for each
     fixed pixel p we search where it sits in the moving image: the fixed features are the query of the lookup
@@ -92,32 +107,42 @@ class SearchMorph(RegistrationModel):
         context_dim = cfg.context_dim if cfg.use_context else 0
         self.levels = cfg.levels if cfg.use_pyramid else 1
         self.encoder = SharedEncoder(
-            cfg.in_channels, cfg.widths, cfg.feature_dim, context_dim, joint=cfg.joint_encoder, ndim=cfg.ndim
+            cfg.in_channels, cfg.widths, cfg.feature_dim, context_dim, cfg.joint_encoder, cfg.ndim, cfg.feature_stride
         )
         lookup = LOOKUPS[cfg.lookup]  # all-pairs volume, on-the-fly search, or "w/o search": the one switch
         self.lookup = partial(lookup, radius=cfg.radius, levels=self.levels, normalize=cfg.normalize_correlation)
         search_dim = lookup.channels(cfg.feature_dim, cfg.radius, self.levels, cfg.ndim)
         self.iterator = DeformationFieldIterator(search_dim, context_dim, cfg.hidden_dim, cfg.motion_dim, cfg.ndim)
-        self.size_multiple = max(self.encoder.trunk.size_multiple, 2**self.levels)
+        # the pyramid halves the feature grid levels - 1 times
+        self.size_multiple = max(self.encoder.trunk.size_multiple, cfg.feature_stride * 2 ** (self.levels - 1))
 
     def forward(
         self, moving: torch.Tensor, fixed: torch.Tensor, iterations: int | None = None, keep_flows: bool = True
     ) -> RegistrationResult:
         """RegistrationResult: field (B, ndim, *S), warped moving image, and with ``keep_flows`` every
         iteration's field (the sequence loss needs them); without it ``flows`` holds only the last one, so
-        inference memory does not grow with ``iterations`` (at most 1000)."""
+        inference memory does not grow with ``iterations`` (at most 1000). Diffeomorphic models also return the
+        velocity (B, ndim, *S) whose exponential is the field; every entry of ``flows`` is then exp of that
+        iteration's velocity."""
         self.check_inputs(moving, fixed)
+        stride = self.config.feature_stride
         n_iter = check_iterations(self.config.iterations if iterations is None else iterations)
-        h_m, h_f, context = self.encoder(moving, fixed)  # features and context at 1/2 resolution
+        h_m, h_f, context = self.encoder(moving, fixed)  # features and context at 1/stride resolution
         lookup = self.lookup(h_f, h_m)  # correlation pyramid (eq. 1-2), searched around the field (eq. 3)
         hidden = self.iterator.initial_hidden(context, h_f)
         flow = h_f.new_zeros(h_f.shape[0], self.ndim, *h_f.shape[2:])  # phi_0 = 0
-        flows = []
+        fields = []
         for _ in range(n_iter):
             where = flow.detach() if self.config.detach_search else flow
             hidden, delta = self.iterator(hidden, lookup(where), context, where)  # ConvGRU (eq. 4-7)
-            flow = flow + delta  # phi_t = phi_{t-1} + delta phi
+            flow = flow + delta  # phi_t = phi_{t-1} + delta phi (a velocity when diffeomorphic)
             if keep_flows:
-                flows.append(upsample_flow(flow, 2))  # Phi: x2 to the input's resolution
-        final = flows[-1] if keep_flows else upsample_flow(flow, 2)
-        return RegistrationResult(flow=final, warped=warp(moving, final), flows=flows if keep_flows else [final])
+                fields.append(upsample_flow(flow, stride))  # Phi: x stride to the input's resolution
+        fields = fields if keep_flows else [upsample_flow(flow, stride)]
+        flows = [self.exponential(f) for f in fields]
+        velocity = fields[-1] if self.config.diffeomorphic else None
+        return RegistrationResult(flow=flows[-1], warped=warp(moving, flows[-1]), flows=flows, velocity=velocity)
+
+    def exponential(self, field: torch.Tensor) -> torch.Tensor:
+        """Displacement (B, ndim, *S) of an accumulated field (B, ndim, *S): exp(v) if diffeomorphic, else itself."""
+        return integrate_velocity(field, self.config.integration_steps) if self.config.diffeomorphic else field

@@ -15,7 +15,7 @@ from ._checks import check_flow, check_image, check_same_spatial
 from ._nd import nd
 from .sampling import identity_grid, sample_grid
 
-__all__ = ["SpatialTransformer", "identity_grid", "upsample_flow", "warp"]
+__all__ = ["SpatialTransformer", "identity_grid", "integrate_velocity", "upsample_flow", "warp"]
 
 
 def _check_modes(mode: str, padding_mode: str) -> None:
@@ -71,3 +71,21 @@ def upsample_flow(flow: torch.Tensor, factor: int = 2) -> torch.Tensor:
         return flow
     mode = nd(flow.ndim - 2).linear_mode
     return factor * F.interpolate(flow, scale_factor=factor, mode=mode, align_corners=False)
+
+
+def integrate_velocity(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
+    """Displacement (B, ndim, *spatial): exp(v) of a stationary velocity field v (B, ndim, *spatial), in pixels.
+
+    Scaling and squaring (Arsigny et al. 2006; VoxelMorph-diff's ``VecInt``): u = v / 2^steps, then ``steps``
+    self-compositions u <- u + warp(u, u), so exp(0) = 0 and a constant v gives that translation. The samples
+    outside the grid read the nearest border displacement (``padding_mode="border"``), so a constant field stays
+    exact up to the border; VoxelMorph reads zeros there, which pulls the field to 0 at the edges.
+    ``steps=0`` returns v itself.
+    """
+    check_flow(velocity)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    disp = velocity / 2**steps
+    for _ in range(steps):
+        disp = disp + warp(disp, disp, padding_mode="border")
+    return disp
