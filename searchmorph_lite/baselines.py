@@ -93,8 +93,18 @@ class VoxelMorph(RegistrationModel):
 CLASSICAL = ("Affine", "SyN", "ElasticSyN", "Translation", "Rigid")
 
 
+def _spatial_ndim(x) -> int:
+    """3 for a volume (D, H, W) (after dropping leading size-1 axes), else 2 (to_image_tensor refuses the rest)."""
+    shape = list(getattr(x, "shape", ()))
+    while len(shape) > 2 and shape[0] == 1:
+        shape = shape[1:]
+    return 3 if len(shape) == 3 else 2
+
+
 def ants_register(moving, fixed, type_of_transform: str = "SyN", seed: int | None = 1, **kwargs):
-    """(warped (H, W), flow (2, H, W)) as numpy: ANTs registration (antspyx) in this project's flow convention.
+    """(warped (*S), flow (ndim, *S)) as numpy: ANTs registration (antspyx) in this project's flow convention.
+
+    Images (H, W) or volumes (D, H, W) (leading size-1 axes are dropped); the flow has 2 or 3 components.
 
     ``type_of_transform`` is one of ANTs' names ("Affine", "SyN", "ElasticSyN", ...). ANTs' forward transforms
     are composed into one displacement field on the fixed grid; with unit spacing, zero origin and identity
@@ -117,8 +127,9 @@ def ants_register(moving, fixed, type_of_transform: str = "SyN", seed: int | Non
         raise ValueError(f"seed must be a positive integer or None (ANTs reads 0 as a clock seed), got {seed!r}")
     if type_of_transform not in CLASSICAL:
         raise ValueError(f"type_of_transform must be one of {CLASSICAL}, got {type_of_transform!r}")
-    m = to_image_tensor(moving, "moving").numpy().astype("float32")
-    f = to_image_tensor(fixed, "fixed").numpy().astype("float32")
+    ndim = _spatial_ndim(moving)
+    m = to_image_tensor(moving, "moving", ndim=ndim).numpy().astype("float32")
+    f = to_image_tensor(fixed, "fixed", ndim=ndim).numpy().astype("float32")
     if m.shape != f.shape:
         raise ValueError(f"moving and fixed differ in shape: {m.shape} vs {f.shape}")
     m_img, f_img = ants.from_numpy(m), ants.from_numpy(f)

@@ -53,3 +53,36 @@ def test_ants_register_with_a_seed_repeats_exactly():
 def test_ants_register_rejects_seeds_ants_would_replace_by_the_clock(seed):
     with pytest.raises(ValueError, match="seed"):
         ants_register(_blobs(), _blobs(), "SyN", seed=seed)
+
+
+def _smooth_volume(shape=(24, 28, 20), shift=(0.0, 0.0, 0.0), seed=0):
+    """A random smooth volume (D, H, W): coarse noise, trilinearly upsampled, then translated by ``shift`` voxels."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 1, 5, 6, 5, generator=g, dtype=torch.float64)
+    vol = torch.nn.functional.interpolate(coarse, size=shape, mode="trilinear", align_corners=True)
+    flow = torch.tensor(shift, dtype=torch.float64).view(1, 3, 1, 1, 1).expand(1, 3, *shape)
+    return warp(vol, -flow, padding_mode="border")[0, 0].numpy().astype(np.float32)
+
+
+INNER_3D = (slice(4, -4),) * 3
+
+
+def test_ants_3d_translation_becomes_a_constant_flow_of_the_known_shift():
+    fixed, moving = _smooth_volume(), _smooth_volume(shift=(2.0, -1.5, 1.0))  # moving = fixed moved by the shift
+    warped, flow = ants_register(moving, fixed, "Translation")
+    assert warped.shape == fixed.shape and flow.shape == (3, 24, 28, 20)
+    for k, t in enumerate((2.0, -1.5, 1.0)):  # (D, H, W) order, pointing from fixed to moving as in 2D
+        assert np.allclose(flow[k], t, atol=0.1), (k, flow[k].mean())
+    # measured 0.004 (0.094 before registration); the residual is the double trilinear resampling
+    assert np.abs(warped - fixed)[INNER_3D].mean() < 0.01
+
+
+def test_our_warp_of_the_converted_3d_flow_reproduces_ants_warped_volume():
+    fixed, moving = _smooth_volume(seed=1), _smooth_volume(shift=(1.0, 1.5, -1.0), seed=1)
+    warped, flow = ants_register(moving, fixed, "SyN", reg_iterations=(20, 10))
+    assert flow.shape == (3, *fixed.shape) and np.abs(flow).max() > 0.5
+    ours = warp(torch.from_numpy(moving)[None, None], torch.from_numpy(flow)[None])[0, 0].numpy()
+    assert np.abs(warped - ours)[INNER_3D].max() < 1e-4  # ANTs resampled it, we resample the same field
+    # measured 0.004 after vs 0.062 before
+    assert np.abs(warped - fixed)[INNER_3D].mean() < np.abs(moving - fixed)[INNER_3D].mean() / 5
+    assert np.allclose(flow[:, 12, 14, 10], (1.0, 1.5, -1.0), atol=0.3)  # the centre moved by the known shift
