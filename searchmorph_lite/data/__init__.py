@@ -2,7 +2,8 @@
 
 Embedded (no download, nothing fetched at run time): "brain2d" (MNI152 template slices, stands in for LPBA40),
 "echo2d-synthetic" (generated 2CH/3CH/4CH cine loops with labels), "echo2d-clip" (pydicom's real A4C cine, no
-labels, test split only). Prepared from the user's download with ``data_scripts/``: "lpba40", "camus".
+labels, test split only), "brain3d" (3D virtual subjects from MNI152 at 2 mm: items (1, D, H, W)). Prepared from
+the user's download with ``data_scripts/``: "lpba40", "camus".
 
 Every item is a dict with "moving" and "fixed" float tensors (1, H, W) in [0, 1], plus "moving_labels" and
 "fixed_labels" int64 tensors (1, H, W) where the dataset has labels, and plain str/int metadata, so the default
@@ -25,6 +26,7 @@ from .common import SPLITS, check_options, check_split, data_root
 REGISTRY: dict[str, tuple[str, str]] = {
     "brain2d": ("brain2d", "Brain2D"),
     "brain2d-subjects": ("brain_subjects", "BrainSubjects2D"),
+    "brain3d": ("brain3d", "Brain3D"),
     "echo2d-synthetic": ("echo_synthetic", "EchoSynthetic"),
     "echo2d-clip": ("echo_clip", "EchoClip"),
     "lpba40": ("lpba40", "Lpba40"),
@@ -51,6 +53,7 @@ def load_dataset(name: str, split: str, **options: Any) -> Dataset:
 
     Options (all optional): brain2d: seed, num_pairs, image_size, max_displacement; echo2d-synthetic: seed,
     num_sequences, frames, image_size, num_pairs, views; echo2d-clip: image_size, frames, num_pairs;
+    brain3d: seed, num_pairs, max_displacement, contrast, artifacts;
     lpba40: image_size, num_pairs; camus: image_size, num_pairs, views. For data that exists (clip, lpba40,
     camus, and echo2d-synthetic's pairs) num_pairs keeps at most that many pairs, evenly spread.
     """

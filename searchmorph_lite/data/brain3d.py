@@ -1,0 +1,198 @@
+"""``brain3d``: 3D brain MR pairs of virtual subjects made from the MNI152 2009a template at 2 mm (no network).
+
+The 3D counterpart of ``brain2d-subjects`` (same recipe, one more axis). The template, its grey/white-matter
+probability maps and brain mask at 2 mm ship inside nilearn's wheel (``load_mni152_*(resolution=2)``, 99 x 117 x 95
+voxels). We crop them to ``NATIVE_SIZE`` = 80 x 96 x 80 (D, H, W; divisible by 16), centred on the brain's bounding
+box (brain extent 78 x 90 x 73 voxels). Axes: D runs superior (index 0) to inferior, H anterior to posterior, W
+from the subject's left to right, as ``mni152.axial_slices`` orders rows and columns.
+
+* Labels as ``brain2d``: 0 background, 1 CSF and other brain, 2 grey matter, 3 white matter.
+* A pair is two virtual subjects, each under its own random affine (rotations up to 6 degrees about each axis,
+  scale up to 6 %, shift up to 3 voxels) and a large- plus a small-scale smooth warp, shrunk until
+  det(I + grad u) > 0.2 everywhere (never folding); contrast "t1" (random gamma) or "synthetic" (one random
+  intensity per tissue, mixed by the probability maps; training's default "mixed" takes either), then a bias
+  field, blur and Rician noise per image (``artifacts``).
+* Splits: every item's random stream is keyed by (seed, split, index), so train, val and test draw disjoint
+  subjects; test deformations use control grids (3 x 4 x 3 and 7 x 8 x 7) that training (4 x 5 x 4 and
+  6 x 7 x 6) never uses, so a test field has spatial frequencies no training field has.
+
+What it cannot show, and what makes test only moderately far from train: there is one anatomy. Every subject
+is the same template deformed, so test differs from training by the deformation and the contrast draw, not by
+folding patterns, ventricle size or pathology. Use LPBA40 (``lpba40``) for real inter-subject 3D variability.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..metrics import jacobian_determinant
+from ..transform import warp
+from .common import SPLIT_CODES, check_positive_int, check_split, rng_for, single_thread, smooth_random_field
+from .mni152 import LABEL_NAMES
+
+NATIVE_SIZE = (80, 96, 80)
+DEFAULT_NUM_PAIRS = {"train": 64, "val": 4, "test": 8}
+CONTRASTS = ("t1", "synthetic", "mixed")
+# control grids of the large- and small-scale warps: test uses sizes training never sees
+GRIDS = {"train": ((4, 5, 4), (6, 7, 6)), "val": ((4, 5, 4), (6, 7, 6)), "test": ((3, 4, 3), (7, 8, 7))}
+OPTIONS = ("seed", "num_pairs", "max_displacement", "contrast", "artifacts")
+
+
+@lru_cache(maxsize=1)
+def template_volumes() -> dict[str, np.ndarray]:
+    """MNI152 at 2 mm cropped to NATIVE_SIZE: "t1", "p_gm", "p_wm" (D, H, W) float32 in [0, 1], "labels" uint8."""
+    from nilearn import datasets
+    from scipy import ndimage as ndi
+
+    vols = [
+        np.asarray(load(resolution=2).get_fdata(dtype=np.float32))
+        for load in (
+            datasets.load_mni152_template,
+            datasets.load_mni152_gm_template,
+            datasets.load_mni152_wm_template,
+            datasets.load_mni152_brain_mask,
+        )
+    ]
+    if len({v.shape for v in vols}) != 1:
+        raise ValueError(f"MNI152 2 mm maps disagree in shape: {[v.shape for v in vols]}")
+    # (x, y, z) -> (z flipped: superior first, y flipped: anterior first, x)
+    t1, gm, wm, mask = (np.ascontiguousarray(v.transpose(2, 1, 0)[::-1, ::-1, :]) for v in vols)
+    brain = mask > 0.5
+    starts = []
+    for axis, size in enumerate(NATIVE_SIZE):
+        idx = np.nonzero(brain.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+        starts.append((int(idx.min()) + int(idx.max())) // 2 - size // 2)
+
+    def crop(v: np.ndarray) -> np.ndarray:
+        pad = [(s, s) for s in NATIVE_SIZE]
+        padded = np.pad(v, pad)
+        return padded[tuple(slice(a + s, a + s + s_) for a, s, s_ in zip(starts, NATIVE_SIZE, NATIVE_SIZE))]
+
+    t1, gm, wm = (np.clip(crop(v), 0.0, 1.0) for v in (t1, gm, wm))
+    brain = ndi.binary_fill_holes(crop(brain.astype(np.float32)) > 0.5)
+    csf = np.clip(1.0 - gm - wm, 0.0, 1.0)
+    labels = np.where(brain, 1 + np.argmax(np.stack([csf, gm, wm]), axis=0), 0).astype(np.uint8)
+    return {"t1": (t1 * brain).astype(np.float32), "p_gm": (gm * brain).astype(np.float32),
+            "p_wm": (wm * brain).astype(np.float32), "labels": labels}  # fmt: skip
+
+
+def subject_deformation_3d(
+    rng: np.random.Generator, shape: tuple[int, int, int], max_displacement: float, grids: tuple[tuple, tuple]
+) -> torch.Tensor:
+    """A virtual subject's field (3, D, H, W) in voxels: affine jitter + two smooth warps, det(I + grad u) > 0.2.
+
+    Large scale on ``grids[0]`` with largest displacement U(0.3, 1) * ``max_displacement``, small scale on
+    ``grids[1]`` with U(0, 0.25) * ``max_displacement``; the elastic part shrinks by 0.7 until it does not fold.
+    """
+    angles = [math.radians(a) for a in rng.uniform(-6.0, 6.0, size=3)]
+    rot = np.eye(3)
+    for axis, a in enumerate(angles):
+        i, j = [k for k in range(3) if k != axis]
+        r = np.eye(3)
+        r[i, i] = r[j, j] = math.cos(a)
+        r[i, j], r[j, i] = -math.sin(a), math.sin(a)
+        rot = rot @ r
+    matrix = rot * math.exp(rng.uniform(-0.06, 0.06)) * np.exp(rng.uniform(-0.03, 0.03, size=3))[None]
+    shift = rng.uniform(-3.0, 3.0, size=3)
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"))
+    centre = (np.array(shape, dtype=np.float64) - 1) / 2
+    rel = grid - centre[:, None, None, None]
+    src = np.einsum("ij,j...->i...", matrix, rel) + (centre + shift)[:, None, None, None]
+    affine = (src - grid).astype(np.float32)
+    elastic = np.zeros_like(affine)
+    for g, (lo, hi) in zip(grids, ((0.3, 1.0), (0.0, 0.25))):
+        part = smooth_random_field(rng, shape, grid=g, channels=3)
+        part *= rng.uniform(lo, hi) * max_displacement / max(float(np.sqrt((part**2).sum(0)).max()), 1e-6)
+        elastic += part
+    for _ in range(20):
+        field = torch.from_numpy(affine + elastic)
+        if float(jacobian_determinant(field[None]).min()) > 0.2:
+            return field
+        elastic *= 0.7
+    return torch.from_numpy(affine)
+
+
+class Brain3D(Dataset):
+    """3D virtual-subject pairs: {"moving", "fixed"} (1, 80, 96, 80) float in [0, 1], label maps (1, 80, 96, 80) int64.
+
+    Generated on access, deterministically from (seed, split, index). Extra keys: "subject" (str), "contrast" (str).
+    """
+
+    name = "brain3d"
+    num_labels = len(LABEL_NAMES)
+    label_names = LABEL_NAMES
+
+    def __init__(
+        self,
+        split: str,
+        seed: int = 0,
+        num_pairs: int | None = None,
+        max_displacement: float = 5.0,
+        contrast: str | None = None,
+        artifacts: bool = True,
+    ) -> None:
+        self.split = check_split(split, name=self.name)
+        self.seed = check_positive_int(seed, "seed", minimum=0)
+        self.num_pairs = DEFAULT_NUM_PAIRS[split] if num_pairs is None else check_positive_int(num_pairs, "num_pairs")
+        if isinstance(max_displacement, bool) or not (
+            isinstance(max_displacement, (int, float)) and 0 <= max_displacement <= 20
+        ):
+            raise ValueError(f"max_displacement must be a number of voxels in [0, 20], got {max_displacement!r}")
+        self.max_displacement = float(max_displacement)
+        self.contrast = ("mixed" if split == "train" else "t1") if contrast is None else contrast
+        if self.contrast not in CONTRASTS:
+            raise ValueError(f"contrast must be one of {', '.join(CONTRASTS)}, got {contrast!r}")
+        if not isinstance(artifacts, bool):
+            raise ValueError(f"artifacts must be true or false, got {artifacts!r}")
+        self.artifacts = artifacts
+        vols = template_volumes()
+        self._maps = torch.from_numpy(np.stack([vols["t1"], vols["p_gm"], vols["p_wm"]]))[None]  # (1, 3, *S)
+        self._labels = torch.from_numpy(vols["labels"].astype(np.float32))[None, None]
+
+    def __len__(self) -> int:
+        return self.num_pairs
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self.num_pairs:
+            raise IndexError(f"index {index} out of range for {self.name} {self.split} with {self.num_pairs} pairs")
+        with single_thread():
+            rng = rng_for(self.seed, SPLIT_CODES[self.split], index, 11)
+            kind = self.contrast if self.contrast != "mixed" else ("synthetic" if rng.random() < 0.5 else "t1")
+            tissue = rng.uniform(0.05, 1.0, size=3)
+            (m, ml), (f, fl) = (self._subject(rng, kind, tissue) for _ in range(2))
+        return {"moving": m, "fixed": f, "moving_labels": ml, "fixed_labels": fl, "contrast": kind,
+                "subject": f"brain3d-{self.split}-{self.seed}-{index}"}  # fmt: skip
+
+    def _subject(self, rng: np.random.Generator, kind: str, tissue: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        flow = subject_deformation_3d(rng, NATIVE_SIZE, self.max_displacement, GRIDS[self.split])[None]
+        t1, p_gm, p_wm = warp(self._maps, flow)[0]
+        labels = warp(self._labels, flow, mode="nearest")[0].long()
+        if kind == "synthetic":
+            p_csf = ((labels[0] > 0).float() - p_gm - p_wm).clamp(min=0)
+            image = float(tissue[0]) * p_csf + float(tissue[1]) * p_gm + float(tissue[2]) * p_wm
+        else:
+            image = t1
+        image = image.clamp(min=0) ** math.exp(rng.uniform(-0.3, 0.3))
+        if self.artifacts:
+            image = _artifacts_3d(rng, image)
+        hi = torch.quantile(image.flatten()[::7], 0.995)  # a subsample: quantile of 600k values is slow
+        image = (image / hi).clamp(0, 1) if hi > 0 else image
+        return image[None].float(), labels
+
+
+def _artifacts_3d(rng: np.random.Generator, image: torch.Tensor) -> torch.Tensor:
+    """Volume (D, H, W) with a bias field exp(N(0, s^2)), s in [0, 0.25], blur sigma in [0, 1] voxels, Rician noise."""
+    from scipy import ndimage as ndi
+
+    shape = tuple(image.shape)
+    x = image.numpy() * np.exp(rng.uniform(0.0, 0.25) * smooth_random_field(rng, shape, grid=(3, 3, 3))[0])
+    x = ndi.gaussian_filter(x, rng.uniform(0.0, 1.0))
+    sigma = rng.uniform(0.0, 0.04)
+    n1, n2 = (rng.standard_normal(shape).astype(np.float32) * sigma for _ in range(2))
+    return torch.from_numpy(np.sqrt((x + n1) ** 2 + n2**2).astype(np.float32))
