@@ -46,10 +46,9 @@ from .common import (
     smooth_random_field,
     try_cache,
 )
+from .mni152 import LABEL_NAMES, NATIVE_SIZE, axial_slices
 
-NATIVE_SIZE = (192, 160)
 ATLAS_Z_MM = 16
-LABEL_NAMES = ("background", "csf_and_other_brain", "grey_matter", "white_matter")
 # Slice offsets (mm from the atlas slice) each split draws its moving subjects from. The splits share no slice,
 # and val/test hold the same distances (2, 5, 8 mm) so their difficulty matches; train's mean distance is 5 mm too.
 SPLIT_OFFSETS = {
@@ -66,47 +65,12 @@ _SLAB_KEYS = ("images", "labels", "offsets")
 def build_mni152_slab(max_offset: int = 9) -> dict[str, np.ndarray]:
     """Slices around the atlas: "images" (S, 192, 160) float32 in [0, 1], "labels" (S, 192, 160) uint8, "offsets" (S,).
 
-    Reads the MNI152 2009a T1, GM, WM maps and brain mask through nilearn's loaders, which read files inside
-    the nilearn wheel (no network).
+    The slices at MNI z = ATLAS_Z_MM +- ``max_offset`` mm, read by :func:`mni152.axial_slices` (files inside the
+    nilearn wheel, no network).
     """
-    from nilearn import datasets  # lazy: nilearn takes a second to import
-    from scipy import ndimage as ndi
-
-    t1_img = datasets.load_mni152_template(resolution=1)
-    t1 = np.asarray(t1_img.get_fdata(dtype=np.float32))
-    gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).get_fdata(dtype=np.float32))
-    wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32))
-    mask = np.asarray(datasets.load_mni152_brain_mask(resolution=1).get_fdata(dtype=np.float32)) > 0.5
-    if not (t1.shape == gm.shape == wm.shape == mask.shape):
-        raise ValueError(f"MNI152 maps disagree in shape: {t1.shape}, {gm.shape}, {wm.shape}, {mask.shape}")
-
-    # Voxel index of the atlas slice from the affine (z_mm = affine[2] @ [i, j, k, 1]).
-    k_atlas = int(round(np.linalg.solve(t1_img.affine, np.array([0.0, 0.0, ATLAS_Z_MM, 1.0]))[2]))
-    ks = np.arange(k_atlas - max_offset, k_atlas + max_offset + 1)
-
-    def to_rows_cols(vol: np.ndarray) -> np.ndarray:
-        # (x, y, k) -> (k, y flipped so anterior is row 0, x)
-        return np.ascontiguousarray(vol[:, :, ks].transpose(2, 1, 0)[:, ::-1, :])
-
-    # One crop window for every slice, centred on the whole brain's bounding box, so slices stay aligned.
-    ys = np.nonzero(mask.any(axis=(0, 2)))[0]
-    xs = np.nonzero(mask.any(axis=(1, 2)))[0]
-    n_y = t1.shape[1]
-    row_c = (n_y - 1 - ys.max() + n_y - 1 - ys.min()) // 2
-    col_c = (xs.min() + xs.max()) // 2
-    h, w = NATIVE_SIZE
-    r0, c0 = row_c - h // 2, col_c - w // 2
-
-    def crop(stack: np.ndarray) -> np.ndarray:
-        padded = np.pad(stack, [(0, 0), (h, h), (w, w)])
-        return padded[:, r0 + h : r0 + 2 * h, c0 + w : c0 + 2 * w]
-
-    t1s, gms, wms, masks = (crop(to_rows_cols(v)) for v in (t1, gm, wm, mask.astype(np.float32)))
-    brain = np.stack([ndi.binary_fill_holes(m > 0.5) for m in masks])
-    csf = np.clip(1.0 - gms - wms, 0.0, 1.0)
-    labels = np.where(brain, 1 + np.argmax(np.stack([csf, gms, wms]), axis=0), 0).astype(np.uint8)
-    images = np.clip(t1s * brain, 0.0, 1.0).astype(np.float32)  # skull-stripped already; mask removes haze
-    return {"images": images, "labels": labels, "offsets": (ks - k_atlas).astype(np.int64)}
+    offsets = np.arange(-max_offset, max_offset + 1)
+    slices = axial_slices((ATLAS_Z_MM + offsets).tolist())
+    return {"images": slices["t1"], "labels": slices["labels"], "offsets": offsets.astype(np.int64)}
 
 
 def slab_problem(arrays: dict[str, np.ndarray]) -> str | None:
