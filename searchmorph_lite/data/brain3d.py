@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 
 from ..metrics import jacobian_determinant
 from ..transform import warp
+from .brain_subjects import check_subject_options
 from .common import SPLIT_CODES, check_positive_int, check_split, rng_for, single_thread, smooth_random_field
 from .mni152 import LABEL_NAMES
 
@@ -140,17 +141,9 @@ class Brain3D(Dataset):
         self.split = check_split(split, name=self.name)
         self.seed = check_positive_int(seed, "seed", minimum=0)
         self.num_pairs = DEFAULT_NUM_PAIRS[split] if num_pairs is None else check_positive_int(num_pairs, "num_pairs")
-        if isinstance(max_displacement, bool) or not (
-            isinstance(max_displacement, (int, float)) and 0 <= max_displacement <= 20
-        ):
-            raise ValueError(f"max_displacement must be a number of voxels in [0, 20], got {max_displacement!r}")
-        self.max_displacement = float(max_displacement)
-        self.contrast = ("mixed" if split == "train" else "t1") if contrast is None else contrast
-        if self.contrast not in CONTRASTS:
-            raise ValueError(f"contrast must be one of {', '.join(CONTRASTS)}, got {contrast!r}")
-        if not isinstance(artifacts, bool):
-            raise ValueError(f"artifacts must be true or false, got {artifacts!r}")
-        self.artifacts = artifacts
+        self.max_displacement, self.contrast, self.artifacts = check_subject_options(
+            split, max_displacement, 20, "voxels", contrast, artifacts, CONTRASTS
+        )
         vols = template_volumes()
         self._maps = torch.from_numpy(np.stack([vols["t1"], vols["p_gm"], vols["p_wm"]]))[None]  # (1, 3, *S)
         self._labels = torch.from_numpy(vols["labels"].astype(np.float32))[None, None]

@@ -106,6 +106,31 @@ def _slab_is_valid(arrays: dict[str, np.ndarray]) -> bool:
     return shapes_ok and int(arrays["labels"].max(initial=0)) < len(LABEL_NAMES)
 
 
+def check_subject_options(
+    split: str,
+    max_displacement: float,
+    limit: float,
+    unit: str,
+    contrast: str | None,
+    artifacts: bool,
+    contrasts: tuple[str, ...] = CONTRASTS,
+) -> tuple[float, str, bool]:
+    """(max_displacement, contrast, artifacts) of a virtual-subject dataset, checked: ValueError naming the option.
+
+    ``contrast`` None means "mixed" for training and "t1" for validation and test.
+    """
+    if isinstance(max_displacement, bool) or not (
+        isinstance(max_displacement, (int, float)) and 0 <= max_displacement <= limit
+    ):
+        raise ValueError(f"max_displacement must be a number of {unit} in [0, {limit:g}], got {max_displacement!r}")
+    contrast = ("mixed" if split == "train" else "t1") if contrast is None else contrast
+    if contrast not in contrasts:
+        raise ValueError(f"contrast must be one of {', '.join(contrasts)}, got {contrast!r}")
+    if not isinstance(artifacts, bool):
+        raise ValueError(f"artifacts must be true or false, got {artifacts!r}")
+    return float(max_displacement), contrast, artifacts
+
+
 def subject_deformation(rng: np.random.Generator, shape: tuple[int, int], max_displacement: float) -> torch.Tensor:
     """A virtual subject's field (2, H, W) in pixels: affine jitter + large- and small-scale smooth warps, no folding.
 
@@ -184,17 +209,9 @@ class BrainSubjects2D(Dataset):
         self.seed = check_positive_int(seed, "seed", minimum=0)
         self.num_pairs = DEFAULT_NUM_PAIRS[split] if num_pairs is None else check_positive_int(num_pairs, "num_pairs")
         self.image_size = as_size(image_size)
-        if isinstance(max_displacement, bool) or not (
-            isinstance(max_displacement, (int, float)) and 0 <= max_displacement <= 40
-        ):
-            raise ValueError(f"max_displacement must be a number of pixels in [0, 40], got {max_displacement!r}")
-        self.max_displacement = float(max_displacement)
-        self.contrast = ("mixed" if split == "train" else "t1") if contrast is None else contrast
-        if self.contrast not in CONTRASTS:
-            raise ValueError(f"contrast must be one of {', '.join(CONTRASTS)}, got {contrast!r}")
-        if not isinstance(artifacts, bool):
-            raise ValueError(f"artifacts must be true or false, got {artifacts!r}")
-        self.artifacts = artifacts
+        self.max_displacement, self.contrast, self.artifacts = check_subject_options(
+            split, max_displacement, 40, "pixels", contrast, artifacts
+        )
         if deform not in ("both", "moving"):
             raise ValueError(f"deform must be 'both' (two virtual subjects) or 'moving', got {deform!r}")
         self.deform = deform
