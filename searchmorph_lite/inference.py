@@ -104,7 +104,7 @@ def refine_settings(model: RegistrationModel, refine_steps: int | str) -> tuple[
     options = {
         "similarity": train_config.get("similarity", "lncc"),
         "alpha": float(train_config.get("alpha", 2.0)),
-        "lr": float(metadata.get("refine_lr", 0.2)),
+        "lr": float(metadata.get("refine_lr", 0.3)),
     }
     return int(refine_steps), options
 
@@ -129,7 +129,8 @@ def register(
 
     ``refine_steps`` N > 0 refines the network's field on this pair for N Adam steps of the model's own training
     loss (:func:`searchmorph_lite.refine.refine_flow`; similarity and alpha from ``model.metadata``'s training
-    config, else LNCC and 2); "auto" takes ``model.metadata["refine_steps"]`` (0 when absent). 0 is the network.
+    config, else LNCC and 2; Adam lr 0.3 px, or ``metadata["refine_lr"]``); "auto" takes
+    ``model.metadata["refine_steps"]`` (0 when absent). 0 is the network.
     """
     if not isinstance(model, RegistrationModel):
         raise ValueError(
