@@ -299,7 +299,9 @@ def _check_resume(ckpt: dict, cfg: TrainConfig, path: Path, allow_config_change:
             )
     model_diff = _flat_diff({"model": ckpt["model"]}, {"model": cfg.model})
     if not model_diff:
-        model_diff = _flat_diff(ckpt["config"], check_model_config(cfg.model, cfg.model_config).to_dict())
+        # the checkpoint's config through today's dataclass, so fields added since (at their defaults) match
+        saved = check_model_config(ckpt["model"], ckpt["config"]).to_dict()
+        model_diff = _flat_diff(saved, check_model_config(cfg.model, cfg.model_config).to_dict())
         model_diff = {f"model_config.{k}": v for k, v in model_diff.items()}
     if model_diff:
         raise ValueError(

@@ -77,3 +77,17 @@ def test_train_iterations_draw_the_count_of_each_step_from_the_range(monkeypatch
 def test_bad_long_run_settings_are_refused(bad):
     with pytest.raises(ValueError):
         TrainConfig(**{**TINY, **bad})
+
+
+def test_resume_accepts_a_checkpoint_whose_model_config_predates_new_fields(tmp_path):
+    from searchmorph_lite import read_checkpoint
+
+    train(TrainConfig(**{**TINY, "epochs": 1}), tmp_path, device="cpu", progress=False)
+    raw = read_checkpoint(tmp_path / "checkpoint.pt")
+    raw["config"].pop("diffeomorphic"), raw["config"].pop("feature_stride")  # as written before those fields existed
+    raw.pop("sha256", None)
+    import torch
+
+    torch.save(raw, tmp_path / "checkpoint.pt")
+    history = train(TrainConfig(**{**TINY, "epochs": 2}), tmp_path, resume=True, device="cpu", progress=False)
+    assert history["epoch"] == [1, 2]
