@@ -211,9 +211,15 @@ def cmd_register(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    """Train from --config into --out (or continue it with --resume); prints the last epoch's history as JSON."""
+    """Train from --config into --out (or continue it with --resume); prints the last epoch's history as JSON.
+
+    Under torchrun every process runs this command (DistributedDataParallel, see :mod:`.distributed`); rank 0
+    prints the history.
+    """
+    from .distributed import env_world
     from .train import TrainConfig, check_run_folder, train
 
+    rank = env_world()[0]  # a malformed torchrun environment is one line, before any work
     device = check_device(args.device)
     if args.max_steps is not None:
         check_positive(args.max_steps, "--max-steps")
@@ -229,7 +235,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         max_steps=args.max_steps,
         allow_config_change=args.allow_config_change,
     )
-    print(json_text({k: v[-1] for k, v in history.items() if v}))
+    if rank == 0:
+        print(json_text({k: v[-1] for k, v in history.items() if v}))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -265,7 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the three sub-commands."""
     parser = _Parser(prog="python -m searchmorph_lite", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train a model from a config file (.yaml or .json)")
+    p = sub.add_parser(
+        "train",
+        help="train a model from a config file (.yaml or .json); under torchrun --nproc_per_node=N, on N processes",
+    )
     p.add_argument("--config", required=True)
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt is written there every epoch")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +16,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from . import distributed
 from ._checks import check_device, check_positive, one_line
 from ._files import check_writable_folder, json_safe
-from .checkpoint import build_model, check_model_config, load_weights, read_checkpoint, save_checkpoint
+from .checkpoint import (
+    build_model,
+    check_model_config,
+    load_weights,
+    read_checkpoint,
+    save_checkpoint,
+    state_digest,
+)
 from .losses import grad_l2_loss, similarity_loss
 from .metrics import dice, folding_ratio
 from .model import RegistrationResult
@@ -37,6 +46,8 @@ class TrainConfig:
     # iteration_weight ** (N - 1 - i) (RAFT's sequence loss), normalized; 0 scores the last one only.
     iteration_weight: float = 0.8
     epochs: int = 10
+    # Pairs per step of each process: under torchrun with N processes a step sees batch_size x N pairs (each
+    # process its own batch_size, gradients averaged), which the checkpoint records as metadata global_batch_size.
     batch_size: int = 8
     lr: float = 1e-3
     seed: int = 0
@@ -45,7 +56,9 @@ class TrainConfig:
     # dataset_options (e.g. {"variability": "wide"}); num_pairs never passes to validation
     # Budget and schedule for long runs. A budget in CPU seconds of the training steps (forward, loss, backward,
     # Adam; not data generation or validation) makes runs comparable across models and machines under load:
-    # train two models for the same max_cpu_seconds, one thread each, and they had the same compute.
+    # train two models for the same max_cpu_seconds, one thread each, and they had the same compute. Under
+    # torchrun the budget is the CPU seconds of all processes summed (history["cpu_seconds"] holds that sum), so
+    # N processes spend it about N times sooner in wall time and every process stops at the same step.
     max_cpu_seconds: float = 0.0  # stop once the training steps used this much process CPU time (0: no budget)
     fresh_pairs: bool = False  # new training pairs every epoch (generated datasets: seed option + 1000 * epoch)
     # [lo, hi]: each training step runs a number of iterations drawn from lo..hi (SearchMorph only; [] = the
@@ -372,25 +385,72 @@ def train(
     (old, new) value. The model and model_config can never change on resume. Without ``resume`` an existing
     checkpoint is refused, never overwritten. ``max_steps`` (for tests and CI, >= 1) stops each epoch after that
     many batches. A loss that turns NaN or inf stops training with ValueError; the last checkpoint stays as it was.
-    """
-    from tqdm.auto import tqdm
 
+    Under torchrun (WORLD_SIZE > 1 in the environment) every process runs this function: each trains on its own
+    shard of every epoch (DistributedSampler) with ``cfg.batch_size`` pairs per step, DistributedDataParallel
+    averages the gradients, and rank 0 alone validates, prints and writes the checkpoint, in the same format as
+    a single process's (``metadata["world_size"]`` says how many processes wrote it). A resume may use another
+    number of processes; ``metadata["config_changes"]`` records the change of world_size. Every process returns
+    the same history and ends with one line on stderr, ``rank R/N: S steps, weights sha256 D``, D being the
+    checkpoint's digest of its final weights.
+    """
     if not isinstance(cfg, TrainConfig):
         raise ValueError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     if max_steps is not None:
         max_steps = check_positive(max_steps, "max_steps")
-    ckpt_path = check_run_folder(out_dir, resume)
-    out_dir = ckpt_path.parent
+    distributed.env_world()  # a malformed torchrun environment fails before any work
+    ckpt_path = check_run_folder(out_dir, resume)  # every rank checks (and reads) the same files
     device = check_device(device)
     ckpt, changes = None, {}
     if resume and ckpt_path.exists():
         ckpt = read_checkpoint(ckpt_path)
         changes = _check_resume(ckpt, cfg, ckpt_path, allow_config_change)
+    info = distributed.init_from_env(device)
+    try:
+        return _train_loop(cfg, ckpt_path, ckpt, changes, info, progress, max_steps)
+    finally:
+        distributed.shutdown(info)
+
+
+def epoch_loader(
+    train_set, cfg: TrainConfig, epoch: int, info: distributed.DistInfo, generator: torch.Generator
+) -> DataLoader:
+    """Batches of ``cfg.batch_size`` pairs of epoch ``epoch`` for this process: all pairs, shuffled by ``generator``
+    for one process; under torchrun this rank's shard of one shuffle (seed ``cfg.seed``, epoch ``epoch``).
+
+    The shards are disjoint and together cover the set; when the set does not divide by the number of processes,
+    DistributedSampler (drop_last=False) pads the last shards with repeated pairs, so every rank runs the same
+    number of steps (a rank with fewer would leave the others waiting in DDP's gradient exchange).
+    """
+    if not info.distributed:
+        return DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=generator, drop_last=False)
+    from torch.utils.data.distributed import DistributedSampler
+
+    sampler = DistributedSampler(train_set, info.world_size, info.rank, shuffle=True, seed=cfg.seed, drop_last=False)
+    sampler.set_epoch(epoch)
+    return DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=False)
+
+
+def _train_loop(
+    cfg: TrainConfig,
+    ckpt_path: Path,
+    ckpt: dict | None,
+    changes: dict[str, tuple],
+    info: distributed.DistInfo,
+    progress: bool,
+    max_steps: int | None,
+) -> dict:
+    """The history of :func:`train` after its checks, in one process of ``info.world_size`` (1 without torchrun)."""
+    from torch.nn.parallel import DistributedDataParallel
+    from tqdm.auto import tqdm
+
+    out_dir, device = ckpt_path.parent, info.device
+    progress = progress and info.main  # one process prints
     seed_everything(cfg.seed)
     train_set = _load_split(cfg.dataset, "train", cfg.dataset_options)
     # num_pairs sizes the training set; validation keeps its own pairs and scores the first val_pairs of them
     val_options = {k: v for k, v in {**cfg.dataset_options, **cfg.val_options}.items() if k != "num_pairs"}
-    val_set = _load_split(cfg.dataset, "val", val_options) if cfg.val_pairs else None
+    val_set = _load_split(cfg.dataset, "val", val_options) if cfg.val_pairs and info.main else None
     if len(train_set) == 0:
         raise ValueError(f"the {cfg.dataset} training split has no pairs")
     model = build_model(cfg.model, cfg.model_config).to(device)
@@ -412,8 +472,12 @@ def train(
         start_epoch = int(ckpt["epoch"])
         history = ckpt["history"]
         config_changes = list(ckpt["metadata"].get("config_changes", []))
-        if changes:
-            config_changes.append({"from_epoch": start_epoch + 1, "changes": {k: list(v) for k, v in changes.items()}})
+        changed = {k: list(v) for k, v in changes.items()}
+        old_world = ckpt["metadata"].get("world_size", 1)  # checkpoints from before torchrun: one process
+        if old_world != info.world_size:  # a resume may change it freely; the global batch changes with it
+            changed["world_size"] = [old_world, info.world_size]
+        if changed:
+            config_changes.append({"from_epoch": start_epoch + 1, "changes": changed})
         if progress and start_epoch >= cfg.epochs:
             print(f"{ckpt_path} has already run its {cfg.epochs} epochs; nothing to do")
     history.setdefault("cpu_seconds", [])
@@ -422,16 +486,23 @@ def train(
         if progress:
             print(f"{ckpt_path} has used its budget of {cfg.max_cpu_seconds:.0f} CPU seconds; nothing to do")
         start_epoch = cfg.epochs
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if info.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    # DDP starts every rank from rank 0's weights (the same anyway: same seed, same checkpoint)
+    net = model
+    if info.distributed:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     generator = torch.Generator().manual_seed(cfg.seed)
+    steps = 0
     for epoch in range(start_epoch, cfg.epochs):
         generator.manual_seed(cfg.seed + epoch)
         if cfg.fresh_pairs and epoch > 0:
             fresh = {**cfg.dataset_options, "seed": cfg.dataset_options.get("seed", 0) + 1000 * epoch}
             train_set = _load_split(cfg.dataset, "train", fresh)
-        loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=generator, drop_last=False)
+        loader = epoch_loader(train_set, cfg, epoch, info, generator)
+        # the same draws on every rank: DDP needs each rank to run the same graph
         iteration_rng = np.random.default_rng([cfg.seed, epoch])
-        model.train()
+        net.train()
         losses = []
         start, epoch_cpu, budget_spent = time.perf_counter(), 0.0, False
         with tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False) as bar:
@@ -444,42 +515,51 @@ def train(
                 if cfg.train_iterations:
                     lo, hi = cfg.train_iterations
                     kwargs["iterations"] = int(iteration_rng.integers(lo, hi + 1))
-                result = model(batch["moving"], batch["fixed"], **kwargs)
+                result = net(batch["moving"], batch["fixed"], **kwargs)
                 loss = registration_loss_all(result, batch["moving"], batch["fixed"], cfg)
-                if not torch.isfinite(loss):
+                # the mean over ranks is NaN or inf when any rank's loss is: then every rank stops here
+                loss_value = distributed.all_reduce_sum([loss.item()], info)[0] / info.world_size
+                if not math.isfinite(loss_value):
+                    across = f" (mean of {info.world_size} processes)" if info.distributed else ""
                     raise ValueError(
-                        f"training diverged: the loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                        f"{ckpt_path} keeps the last finite epoch (try a lower lr)"
+                        f"training diverged: the loss is {loss_value}{across} at epoch {epoch + 1}, step "
+                        f"{step + 1}; {ckpt_path} keeps the last finite epoch (try a lower lr)"
                     )
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                losses.append(loss.item())
-                epoch_cpu += time.process_time() - step_start
+                losses.append(loss_value)
+                steps += 1
+                step_cpu = time.process_time() - step_start
+                epoch_cpu += distributed.all_reduce_sum([step_cpu], info)[0]  # the same sum on every rank
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 if cfg.max_cpu_seconds and cpu_used + epoch_cpu >= cfg.max_cpu_seconds:
                     budget_spent = True
                     break
         cpu_used += epoch_cpu
+        distributed.broadcast_buffers(model, info)  # every rank ends the epoch with the checkpoint's weights
         history["epoch"].append(epoch + 1)
         history["loss"].append(float(np.mean(losses)))
         history["seconds"].append(time.perf_counter() - start)
         history["cpu_seconds"].append(epoch_cpu)
-        if val_set is not None:
-            metrics = evaluate(model, val_set, device, max_pairs=cfg.val_pairs)
-            history["val_dice"].append(metrics.get("dice_mean", math.nan))
-            history["val_folding"].append(metrics["folding_mean"])
-        meta = {"train_config": json_safe(dataclasses.asdict(cfg)), "device": str(device)}
-        if config_changes:
-            meta["config_changes"] = config_changes
-        save_checkpoint(
-            ckpt_path,
-            model,
-            metadata=meta,
-            optimizer=optimizer.state_dict(),
-            epoch=epoch + 1,
-            history=history,
-        )
+        if info.main:
+            if val_set is not None:
+                metrics = evaluate(model, val_set, device, max_pairs=cfg.val_pairs)
+                history["val_dice"].append(metrics.get("dice_mean", math.nan))
+                history["val_folding"].append(metrics["folding_mean"])
+            meta = {"train_config": json_safe(dataclasses.asdict(cfg)), "device": str(device)}
+            meta.update(world_size=info.world_size, global_batch_size=cfg.batch_size * info.world_size)
+            if config_changes:
+                meta["config_changes"] = config_changes
+            save_checkpoint(  # the bare model's weights: the same file as a single process writes
+                ckpt_path,
+                model,
+                metadata=meta,
+                optimizer=optimizer.state_dict(),
+                epoch=epoch + 1,
+                history=history,
+            )
+        distributed.barrier(info)  # the other ranks wait for rank 0's validation and checkpoint
         if progress:
             val = f", val Dice {history['val_dice'][-1]:.3f}" if history["val_dice"] else ""
             print(
@@ -489,4 +569,18 @@ def train(
         if budget_spent:
             break
     model.eval()
+    if info.distributed:
+        history = _main_history(history, info)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        digest = state_digest(type(model).__name__, model.config.to_dict(), state)
+        print(f"rank {info.rank}/{info.world_size}: {steps} steps, weights sha256 {digest}", file=sys.stderr)
     return history
+
+
+def _main_history(history: dict, info: distributed.DistInfo) -> dict:
+    """Rank 0's ``history`` (with its validation scores and wall times) on every rank."""
+    import torch.distributed as dist
+
+    box = [history if info.main else None]
+    dist.broadcast_object_list(box, src=0, device=info.device if info.device.type == "cuda" else None)
+    return box[0]

@@ -46,3 +46,20 @@ def test_options_are_checked():
         load_dataset("brain3d", "val", contrast="t2")
     with pytest.raises(ValueError, match="max_displacement"):
         load_dataset("brain3d", "val", max_displacement=50)
+    with pytest.raises(ValueError, match="voxel_mm"):
+        load_dataset("brain3d", "val", voxel_mm=3)
+
+
+def test_4mm_volumes_are_block_means_of_the_2mm_ones_and_hold_the_whole_brain():
+    from searchmorph_lite.data.brain3d import SIZES, _block_mean, template_volumes
+
+    v4 = template_volumes(4)
+    assert v4["t1"].shape == SIZES[4] and all(n % 16 == 0 for n in SIZES[4])
+    brain = v4["labels"] > 0
+    for axis in range(3):  # a margin of background on every face: the crop cuts no brain
+        other = tuple(a for a in range(3) if a != axis)
+        assert not brain.any(axis=other)[[0, -1]].any()
+    assert np.isclose(_block_mean(np.arange(8.0).reshape(2, 2, 2))[0, 0, 0], 3.5)
+    item = load_dataset("brain3d", "test", num_pairs=1, voxel_mm=4)[0]
+    assert item["moving"].shape == (1, *SIZES[4]) and int(item["moving_labels"].max()) == 3
+    assert load_dataset("brain3d", "test", voxel_mm=4).max_displacement == 2.5  # 10 mm in 4 mm voxels

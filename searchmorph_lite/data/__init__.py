@@ -53,7 +53,7 @@ def load_dataset(name: str, split: str, **options: Any) -> Dataset:
 
     Options (all optional): brain2d: seed, num_pairs, image_size, max_displacement; echo2d-synthetic: seed,
     num_sequences, frames, image_size, num_pairs, views; echo2d-clip: image_size, frames, num_pairs;
-    brain3d: seed, num_pairs, max_displacement, contrast, artifacts;
+    brain3d: seed, num_pairs, max_displacement, contrast, artifacts, voxel_mm (2 or 4);
     lpba40: image_size, num_pairs; camus: image_size, num_pairs, views. For data that exists (clip, lpba40,
     camus, and echo2d-synthetic's pairs) num_pairs keeps at most that many pairs, evenly spread.
     """
