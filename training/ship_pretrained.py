@@ -35,6 +35,10 @@ DATA_TEXT = {
     "GM/WM/CSF labels",
     "echo2d-synthetic": "echo2d-synthetic: synthetic apical 2- and 4-chamber echo sequences with blood-pool and "
     "myocardium labels",
+    "brain2d-subjects": "brain2d-subjects: virtual subjects from every axial MNI152 slice (both images deformed, T1 "
+    "or synthetic per-tissue contrast, bias, blur, noise), GM/WM/CSF labels; val/test slabs 3 mm from training",
+    "brain3d": "brain3d: 3D virtual subjects from the MNI152 2 mm template (both volumes deformed, T1 or synthetic "
+    "contrast, bias, blur, noise), GM/WM/CSF labels; test deformations on control grids training never used",
 }
 
 
@@ -48,8 +52,11 @@ def describe_run(ckpt: dict, hardware: str) -> dict:
     return {
         "data": DATA_TEXT.get(cfg.dataset, cfg.dataset),
         "dataset": cfg.dataset,
-        "image_size": list(train_set[0]["moving"].shape[-2:]),
-        "train_pairs": len(train_set),
+        "dataset_options": dict(cfg.dataset_options),
+        "image_size": list(train_set[0]["moving"].shape[1:]),
+        "train_pairs": len(train_set),  # per epoch; new ones every epoch when fresh_pairs
+        "fresh_pairs": cfg.fresh_pairs,
+        "train_cpu_seconds": float(sum(history.get("cpu_seconds", []))),
         "epochs": epochs,
         "batch_size": cfg.batch_size,
         "loss": f"{cfg.similarity.upper()} + {cfg.alpha:g} * L2 gradient (eq. 9), iteration weight "
@@ -63,9 +70,14 @@ def describe_run(ckpt: dict, hardware: str) -> dict:
     }
 
 
-def test_metrics(model: torch.nn.Module, dataset: str) -> dict:
-    """Mean Dice (std over pairs), % folding and NCC of ``model`` on the whole test split of ``dataset``."""
-    test_set = load_dataset(dataset, "test")
+def test_metrics(model: torch.nn.Module, dataset: str, options: dict | None = None) -> dict:
+    """Mean Dice (std over pairs), % folding and NCC of ``model`` on the whole test split of ``dataset``.
+
+    ``options`` are the training's dataset options; those that shape the images (image_size, voxel_mm) apply to
+    the test split too, the rest (num_pairs, seed, contrast, ...) keep the test split's defaults.
+    """
+    shape = {k: v for k, v in (options or {}).items() if k in ("image_size", "voxel_mm")}
+    test_set = load_dataset(dataset, "test", **shape)
     m = evaluate(model, test_set, device="cpu")
     per_pair = np.nanmean(np.array(m["dice"], dtype=float), axis=1)
     return {
@@ -87,7 +99,7 @@ def ship(run: Path, name: str, hardware: str) -> Path:
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     meta = describe_run(ckpt, hardware)
-    meta.update(test_metrics(model, meta["dataset"]))
+    meta.update(test_metrics(model, meta["dataset"], meta["dataset_options"]))
     meta["name"] = name
     out = pretrained_path(name)
     sm.save_checkpoint(out, model, metadata=meta)
@@ -125,25 +137,28 @@ def write_model_card() -> Path:
             continue
         ckpt = sm.read_checkpoint(path)
         md = ckpt["metadata"]
-        h, w = md["image_size"]
+        size = " x ".join(str(n) for n in md["image_size"])
         switches = md["train_config"]["model_config"]
         lines.append(
-            f"| `{name}` | {ckpt['model']} {switches or ''} | {md['dataset']} | {h} x {w} | {md['train_pairs']} x "
+            f"| `{name}` | {ckpt['model']} {switches or ''} | {md['dataset']} | {size} | {md['train_pairs']} x "
             f"{md['epochs']} ({md['batch_size']}) | {md['loss'].split(' (')[0]} | {md['wall_time_s'] / 60:.0f} min | "
             f"{_fmt(md['test_dice_mean'])} ({_fmt(md['test_dice_std'])}) | {_fmt(md['test_folding_percent'])} | "
             f"{_fmt(md['test_ncc_before'])} -> {_fmt(md['test_ncc_after'])} |"
         )
         val = ", ".join(_fmt(v) for v in md["history"]["val_dice"])
+        fresh = " (new ones every epoch)" if md.get("fresh_pairs") else ""
         details += [
             f"## `{name}`",
             "",
-            f"- Data: {md['data']}; {md['train_pairs']} training pairs of {h} x {w}; test split of "
+            f"- Data: {md['data']}; {md['train_pairs']} training pairs of {size}{fresh}; test split of "
             f"{md['test_pairs']} pairs.",
             f"- Model: {ckpt['model']}, config `{ckpt['config']}`.",
             f"- Training: {md['loss']}; {md['optimizer']}; {md['epochs']} epochs, batch {md['batch_size']}, seed "
             f"{md['train_config']['seed']}; config `{md['train_config']}`.",
             f"- Validation Dice per epoch (first {md['train_config']['val_pairs']} val pairs): {val}.",
-            f"- Wall time of the training loop: {md['wall_time_s']:.0f} s. Hardware: {md['hardware']}.",
+            f"- Wall time of the training loop: {md['wall_time_s']:.0f} s"
+            + (f"; CPU seconds of its steps: {md['train_cpu_seconds']:.0f}" if md.get("train_cpu_seconds") else "")
+            + f". Hardware: {md['hardware']}.",
             f"- Shipped: {md['shipped']}.",
             "",
         ]

@@ -1,0 +1,183 @@
+"""Transfer (issue 12): in- and out-of-distribution pairs, network alone, network + refinement, VoxelMorph, ANTs SyN.
+
+Brain sets (brain2d-subjects test split, 192 x 160, labels 1-3; never trained or tuned on):
+
+* ``in-distribution``: the test slabs (3 mm from every training slice), T1 contrast, both images deformed;
+* ``inverted contrast``: the same pairs with 1 - T1 inside the brain (a T2-like contrast no training image had);
+* ``2x deformation``: the subjects' warps at twice the training amplitude (``max_displacement`` 16 px);
+* ``far slices``: slices outside the training range (``slices="far"``: z < -43 mm or z > 67 mm).
+
+Echo set: ``echo clip``, pydicom's real apical four-chamber cine (``echo2d-clip``; ED frame 0 to every frame), no
+labels: scored by NCC (the global Pearson correlation of warped and fixed inside the sector) and folding.
+
+Methods on the same pairs, scored by one function (:func:`score`): Identity, ANTs SyN (``ants_register``, seeded),
+the VoxelMorph baseline, the SearchMorph network alone, and the network + ``--refine`` steps (``register(...,
+refine_steps=N)``). ``--iterations`` adds the iteration sweep of the network (issue 12, part 5).
+Torch and ITK use the same ``--threads``; run it on an idle machine. Writes ``benchmarks/transfer_results.{json,md}``.
+Smoke run: ``python benchmarks/transfer.py --pairs 2 --refine 10 --out /tmp/t``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+BRAIN_SETS = {
+    "in-distribution": {},
+    "inverted contrast": {"contrast": "inverted"},
+    "2x deformation": {"max_displacement": 16.0},
+    "far slices": {"slices": "far"},
+}
+
+
+def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Global Pearson correlation of two images, inside ``mask`` when given."""
+    if mask is not None:
+        a, b = a[mask], b[mask]
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / max(np.sqrt((a * a).sum() * (b * b).sum()), 1e-12))
+
+
+def score(pair: dict, warped: np.ndarray, flow: np.ndarray, seconds: float) -> dict:
+    """Dice (mean over labels 1-3, when labelled), NCC, folding % and seconds of one registered pair."""
+    from searchmorph_lite import dice, folding_ratio, warp
+
+    f = torch.from_numpy(np.ascontiguousarray(flow)).double()[None]
+    fixed = pair["fixed"][0].numpy()
+    out = {"ncc": ncc(warped, fixed, fixed > 0.02), "folding": float(folding_ratio(f)[0]), "seconds": seconds}
+    if "moving_labels" in pair:
+        lab = warp(pair["moving_labels"][None].double(), f, mode="nearest").round().long()
+        out["dice"] = float(torch.nanmean(dice(lab, pair["fixed_labels"][None], [1, 2, 3])[0]))
+    return out
+
+
+def run(pairs: list[dict], method) -> dict:
+    """Mean scores of ``method(moving, fixed) -> (warped, flow)`` over ``pairs``, with the per-pair rows."""
+    rows = []
+    for pair in pairs:
+        m, f = pair["moving"][0].numpy(), pair["fixed"][0].numpy()
+        start = time.perf_counter()
+        warped, flow = method(m, f)
+        rows.append(score(pair, np.asarray(warped), np.asarray(flow), time.perf_counter() - start))
+    out = {"pairs": len(rows), "per_pair": rows}
+    for key in rows[0]:
+        out[f"{key}_mean"] = float(np.mean([r[key] for r in rows]))
+    return out
+
+
+def methods(kind: str, refine: list[int], runs: dict) -> dict:
+    """{name: method} for brain or echo: Identity, ANTs SyN, VoxelMorph, SearchMorph (+ refinement)."""
+    import searchmorph_lite as sm
+    from searchmorph_lite.baselines import ants_register
+
+    def load(name: str):
+        path = runs.get(name)
+        return sm.load_checkpoint(path, device="cpu") if path else sm.load_pretrained(name, device="cpu")
+
+    def net(model, **kw):
+        def method(m, f):
+            with torch.set_grad_enabled(bool(kw.get("refine_steps"))):
+                return sm.register(m, f, model, **kw)
+
+        return method
+
+    base = "brain2d" if kind == "brain" else "echo2d"
+    vm, smodel = load(f"{base}-voxelmorph"), load(base)
+    out = {
+        "Identity": lambda m, f: (m, np.zeros((2, *m.shape), dtype=np.float32)),
+        "ANTs SyN": lambda m, f: ants_register(m, f, "SyN", seed=1),
+        "VoxelMorph": net(vm),
+        "SearchMorph": net(smodel),
+    }
+    for n in refine:
+        out[f"SearchMorph + {n} refinement steps"] = net(smodel, refine_steps=n)
+    return out, smodel
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Results written to ``--out``.json and .md."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=24, help="brain pairs per set (echo: every clip frame)")
+    parser.add_argument("--refine", type=int, nargs="*", default=[30, 100], help="refinement step counts")
+    parser.add_argument("--iterations", type=int, nargs="*", default=[1, 2, 4, 8, 12], help="sweep (empty: none)")
+    parser.add_argument("--threads", type=int, default=2, help="torch and ITK threads")
+    what = "use CHECKPOINT for the pretrained NAME (e.g. brain2d training/x/checkpoint.pt)"
+    parser.add_argument("--run", nargs=2, action="append", default=[], metavar=("NAME", "CHECKPOINT"), help=what)
+    parser.add_argument("--out", default=str(HERE / "transfer_results"))
+    args = parser.parse_args(argv)
+    from searchmorph_lite.data import load_dataset
+    from searchmorph_lite.data.common import atomic_write_text
+
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
+    torch.set_num_threads(args.threads)
+    runs = dict(args.run)
+    results: dict = {"threads": args.threads, "load_at_start": os.getloadavg()[0], "torch": torch.__version__,
+                     "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                     "sets": {}, "iterations": {}}  # fmt: skip
+    sets = {name: ("brain", load_dataset("brain2d-subjects", "test", num_pairs=args.pairs, **opts))
+            for name, opts in BRAIN_SETS.items()}  # fmt: skip
+    sets["echo clip"] = ("echo", load_dataset("echo2d-clip", "test"))
+    for set_name, (kind, data) in sets.items():
+        pairs = [data[i] for i in range(len(data))]
+        table, model = methods(kind, args.refine, runs)
+        results["sets"][set_name] = {"kind": kind, "pairs": len(pairs), "methods": {}}
+        for name, method in table.items():
+            row = run(pairs, method)
+            results["sets"][set_name]["methods"][name] = row
+            print(f"{set_name:<18} {name:<36} " + ", ".join(
+                f"{k[:-5]} {v:.4f}" for k, v in row.items() if k.endswith("_mean")), flush=True)  # fmt: skip
+        for n in args.iterations:
+            row = run(pairs, lambda m, f, n=n, model=model: _iterated(model, m, f, n))
+            results["iterations"].setdefault(set_name, {})[str(n)] = row
+            print(f"{set_name:<18} SearchMorph, {n} iterations: " + ", ".join(
+                f"{k[:-5]} {v:.4f}" for k, v in row.items() if k.endswith("_mean")), flush=True)  # fmt: skip
+    results["load_at_end"] = os.getloadavg()[0]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(results, indent=1) + "\n")
+    atomic_write_text(out.with_suffix(".md"), markdown(results))
+    print(markdown(results))
+    return results
+
+
+def _iterated(model, m: np.ndarray, f: np.ndarray, n: int):
+    import searchmorph_lite as sm
+
+    with torch.no_grad():
+        return sm.register(m, f, model, iterations=n)
+
+
+def markdown(results: dict) -> str:
+    """The tables as Markdown: one per set (methods) and the iteration sweep."""
+    lines = []
+    for set_name, block in results["sets"].items():
+        lines += [f"### {set_name} ({block['pairs']} pairs)", "", "| method | Dice | NCC | folding % | s / pair |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for name, r in block["methods"].items():
+            d = f"{r['dice_mean']:.3f}" if "dice_mean" in r else "-"
+            lines.append(f"| {name} | {d} | {r['ncc_mean']:.3f} | {r['folding_mean']:.3f} | {r['seconds_mean']:.2f} |")
+        lines.append("")
+    if results["iterations"]:
+        head = "| set | iterations | Dice | NCC | folding % |"
+        lines += ["### SearchMorph at more iterations than trained", "", head, "|---|---|---|---|---|"]
+        for set_name, sweep in results["iterations"].items():
+            for n, r in sweep.items():
+                d = f"{r['dice_mean']:.3f}" if "dice_mean" in r else "-"
+                lines.append(f"| {set_name} | {n} | {d} | {r['ncc_mean']:.3f} | {r['folding_mean']:.3f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
