@@ -454,7 +454,43 @@ for name, h in runs.items():
 # pixel), and early on its Dice can even dip below the identity's before it rises. With a few dozen steps a model
 # has only started; which one starts faster is a real, but different, question from which one ends better. This
 # is the honest scale of a CI run, and chapters 11-13 report their own numbers the same way.
+
+# %% [markdown]
+# ## One GPU, several GPUs
 #
+# The loop above runs in one process. On a GPU it is the same command with `--device cuda` (or nothing: cuda is
+# picked when present). Past one GPU we use torch's own engine: `torchrun --nproc_per_node=N` starts N copies of
+# the command, and `train` sees them through the environment torchrun sets (`WORLD_SIZE`, `RANK`, `LOCAL_RANK`).
+# Each process wraps the model in `DistributedDataParallel` (nccl on GPUs, process $k$ on `cuda:k`; gloo on CPU),
+# trains on its own shard of every epoch (`DistributedSampler`) with `batch_size` pairs per step, and the
+# gradients are averaged, so one step sees `batch_size` $\times$ N pairs. Rank 0 alone validates, prints and
+# writes `checkpoint.pt`, in the same format as one process writes, so everything in this book reads it, and
+# `--resume` continues it with any number of processes. A CPU budget (`max_cpu_seconds`) counts the seconds of
+# all processes together, and every process stops at the same step.
+#
+# This book's machine has no GPU, so we give no GPU timings. What we did measure: `tests/test_distributed.py`
+# trains a tiny SearchMorph with 2 CPU processes (gloo), checks that both took their steps and ended with the
+# same weights as the one checkpoint, and resumes it with 1 process and back with 2, in 32 s on this project's
+# 2-core CPU (shared with running trainings).
+# The commands, printed rather than run (a notebook is one process):
+
+# %%
+from searchmorph_lite.distributed import env_world
+
+rank, world_size, _ = env_world()  # (0, 1, 0) outside torchrun: no process group
+print(f"this notebook: {world_size} process, rank {rank}\n")
+train_cmd = "-m searchmorph_lite train --config $CONFIG --out"
+commands = {
+    "one GPU": f"python {train_cmd} runs/brain2d --device cuda",
+    "4 GPUs of one machine": f"torchrun --nproc_per_node=4 {train_cmd} runs/4gpu",
+    "2 CPU processes (gloo)": "OMP_NUM_THREADS=1 torchrun --nproc_per_node=2 \\\n"
+    f"    {train_cmd} runs/2cpu --device cpu",
+}
+print("CONFIG=configs/brain2d_searchmorph.yaml")
+for what, command in commands.items():
+    print(f"# {what}\n{command}")
+
+# %% [markdown]
 # ## Speed, and what a full run costs
 #
 # Training speed in pairs per second, from the epoch times of these runs (the loop only, without validation; on a
