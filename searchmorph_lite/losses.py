@@ -17,6 +17,27 @@ def mse_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mean((a - b) ** 2)
 
 
+def box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Sums (B, C, *spatial) of ``x`` (B, C, *spatial) over the ``window``-wide box around each pixel, zero outside.
+
+    One grouped convolution over the channels. In 2D a single ``window`` x ``window`` kernel (fastest on CPU at
+    192 x 160); in 3D three separable 1D kernels, 27 taps per voxel instead of 729 at window 9: measured 9.5x
+    faster forward + backward on a (2, 5, 48, 48, 48) batch, where the single kernel's backward took about half
+    of a SearchMorph-3D training step. Both orders give the same sums up to float rounding.
+    """
+    ndim = x.ndim - 2
+    channels = x.shape[1]
+    if ndim == 2:
+        kernel = torch.ones((channels, 1, window, window), dtype=x.dtype, device=x.device)
+        return F.conv2d(x, kernel, padding=window // 2, groups=channels)
+    for axis in range(ndim):
+        shape, padding = [1] * ndim, [0] * ndim
+        shape[axis], padding[axis] = window, window // 2
+        kernel = torch.ones((channels, 1, *shape), dtype=x.dtype, device=x.device)
+        x = F.conv3d(x, kernel, padding=tuple(padding), groups=channels)
+    return x
+
+
 def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 9, eps: float = 1e-5) -> torch.Tensor:
     """Squared local normalized cross-correlation map (B, C, *spatial) over ``window``-wide boxes.
 
@@ -31,13 +52,8 @@ def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 9, eps: float = 1e
     if window < 1 or window % 2 == 0:
         raise ValueError(f"window must be a positive odd integer, got {window}")
     ndim = a.ndim - 2
-    conv = F.conv2d if ndim == 2 else F.conv3d
-    # The five box sums in one grouped convolution over the maps stacked as channels: the same sums, several
-    # times faster on CPU than five single-channel convolutions (measured 5x forward + backward at 192 x 160).
     maps = torch.cat([a, b, a * a, b * b, a * b], dim=1)  # (B, 5C, *S)
-    kernel = torch.ones((maps.shape[1], 1) + (window,) * ndim, dtype=a.dtype, device=a.device)
-    sums = conv(maps, kernel, padding=window // 2, groups=maps.shape[1])
-    sa, sb, saa, sbb, sab = sums.chunk(5, dim=1)
+    sa, sb, saa, sbb, sab = box_sum(maps, window).chunk(5, dim=1)
     n = float(window**ndim)
     cross = sab - sa * sb / n
     var_a = (saa - sa * sa / n).clamp_min(0)

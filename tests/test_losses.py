@@ -69,3 +69,30 @@ def test_registration_loss_is_similarity_plus_alpha_times_smoothness():
     flow = torch.randn(1, 2, 8, 8)
     expected = mse_loss(warped, fixed) + 0.01 * grad_l2_loss(flow)
     assert torch.allclose(registration_loss(warped, fixed, flow, "mse", 0.01), expected)
+
+
+@pytest.mark.parametrize("window", [1, 3, 5])
+def test_local_ncc_3d_matches_a_sliding_window_loop(window):
+    """The separable 3D box sums against an explicit loop over every box (zero padding)."""
+    from searchmorph_lite.losses import box_sum
+
+    gen = torch.Generator().manual_seed(window)
+    a, b = torch.rand(2, 1, 2, 5, 6, 7, dtype=torch.float64, generator=gen)
+    loop = loop_sum(a, window)
+    assert torch.allclose(box_sum(a, window), loop, atol=1e-12)
+    n = window**3
+    sums = [loop_sum(t, window) for t in (a, b, a * a, b * b, a * b)]
+    cross = sums[4] - sums[0] * sums[1] / n
+    var_a, var_b = (sums[2] - sums[0] ** 2 / n).clamp_min(0), (sums[3] - sums[1] ** 2 / n).clamp_min(0)
+    assert torch.allclose(local_ncc(a, b, window), cross * cross / (var_a * var_b + 1e-5), atol=1e-9)
+
+
+def loop_sum(t: torch.Tensor, window: int) -> torch.Tensor:
+    r = window // 2
+    pad = torch.nn.functional.pad(t, (r,) * 6)
+    out = torch.zeros_like(t)
+    for z in range(t.shape[2]):
+        for y in range(t.shape[3]):
+            for x in range(t.shape[4]):
+                out[:, :, z, y, x] = pad[:, :, z : z + window, y : y + window, x : x + window].sum((2, 3, 4))
+    return out
