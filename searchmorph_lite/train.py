@@ -481,6 +481,8 @@ def _train_loop(
         if progress and start_epoch >= cfg.epochs:
             print(f"{ckpt_path} has already run its {cfg.epochs} epochs; nothing to do")
     history.setdefault("cpu_seconds", [])
+    # pairs trained on per epoch (all processes together); None for epochs of checkpoints written before it
+    history.setdefault("pairs", [None] * len(history["epoch"]))
     cpu_used = float(sum(history["cpu_seconds"]))
     if cfg.max_cpu_seconds and cpu_used >= cfg.max_cpu_seconds:
         if progress:
@@ -503,7 +505,7 @@ def _train_loop(
         # the same draws on every rank: DDP needs each rank to run the same graph
         iteration_rng = np.random.default_rng([cfg.seed, epoch])
         net.train()
-        losses = []
+        losses, epoch_pairs = [], 0
         start, epoch_cpu, budget_spent = time.perf_counter(), 0.0, False
         with tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False) as bar:
             for step, batch in enumerate(bar):
@@ -529,6 +531,7 @@ def _train_loop(
                 loss.backward()
                 optimizer.step()
                 losses.append(loss_value)
+                epoch_pairs += batch["moving"].shape[0] * info.world_size  # every rank: same-sized shards
                 steps += 1
                 step_cpu = time.process_time() - step_start
                 epoch_cpu += distributed.all_reduce_sum([step_cpu], info)[0]  # the same sum on every rank
@@ -542,6 +545,7 @@ def _train_loop(
         history["loss"].append(float(np.mean(losses)))
         history["seconds"].append(time.perf_counter() - start)
         history["cpu_seconds"].append(epoch_cpu)
+        history["pairs"].append(epoch_pairs)
         if info.main:
             if val_set is not None:
                 metrics = evaluate(model, val_set, device, max_pairs=cfg.val_pairs)

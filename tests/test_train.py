@@ -27,7 +27,7 @@ def test_train_writes_a_checkpoint_every_epoch_and_resumes(tmp_path):
     first = read_checkpoint(tmp_path / "checkpoint.pt")
     assert first["epoch"] == 1 and "optimizer" in first
     history = train(TrainConfig(**{**TINY, "epochs": 2}), tmp_path, resume=True, device="cpu", progress=False)
-    assert history["epoch"] == [1, 2]
+    assert history["epoch"] == [1, 2] and history["pairs"] == [4, 4]  # pairs trained on, per epoch
     second = read_checkpoint(tmp_path / "checkpoint.pt")
     changed = any(not torch.equal(first["state_dict"][k], second["state_dict"][k]) for k in first["state_dict"])
     assert second["epoch"] == 2 and changed

@@ -57,6 +57,8 @@ def describe_run(ckpt: dict, hardware: str) -> dict:
         "train_pairs": len(train_set),  # per epoch; new ones every epoch when fresh_pairs
         "fresh_pairs": cfg.fresh_pairs,
         "train_cpu_seconds": float(sum(history.get("cpu_seconds", []))),
+        # pairs trained on, when every epoch recorded them (runs started before that record none)
+        "pairs_seen": sum(history["pairs"]) if history.get("pairs") and None not in history["pairs"] else None,
         "epochs": epochs,
         "batch_size": cfg.batch_size,
         "loss": f"{cfg.similarity.upper()} + {cfg.alpha:g} * L2 gradient (eq. 9), iteration weight "
