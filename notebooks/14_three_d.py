@@ -208,8 +208,8 @@ for p, k in [((3, 4, 5), 0), ((4, 4, 4), 12), ((4, 2, 6), 24)]:
 # anatomy. Every subject is one template deformed, so the test measures unseen deformations and contrasts, not
 # unseen brains (LPBA40, through `data_scripts/`, has real ones).
 #
-# We train at 4 mm because the CPU of this project cannot train at 2 mm in the time we have: one SearchMorph-3D
-# training step on an 80 x 96 x 80 pair takes about 50 CPU seconds, about 8 at 48 x 48 x 48.
+# We train at 4 mm because the CPU of this project cannot train at 2 mm in the time we have: a 2 mm volume has 5.6x
+# the voxels, so each training pair would cost about 5.6x the CPU seconds per pair printed below.
 
 # %%
 test_set = load_dataset("brain3d", "test", voxel_mm=4)
@@ -270,11 +270,13 @@ for name, model in models.items():
         "pairs": meta["train_pairs"],
     }
     print(describe(name, card_of(model)))
+    seen = cards[name]["epochs"] * cards[name]["pairs"]  # at most (last epoch cut)
     print(
         f"    {cards[name]['cpu_seconds']:.0f} CPU seconds of training steps, "
         f"{cards[name]['epochs']} epochs of {cards[name]['pairs']} new pairs "
-        f"(the last cut by the budget), {sum(p.numel() for p in model.parameters()):,} "
-        f"parameters"
+        f"(the last cut by the budget): about "
+        f"{cards[name]['cpu_seconds'] / max(seen, 1):.1f} CPU s per pair; "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters"
     )
 sm3d = models["SearchMorph-3D"]
 print("search offsets per level:", len(sm.diamond_offsets(sm3d.config.radius, ndim=3)))
@@ -467,8 +469,8 @@ with tempfile.TemporaryDirectory() as tmp:
 #    memory, and what would you change in the model to make it affordable on this CPU?
 #
 # ```{dropdown} Solution
-# A step costs about 5.6x more (5.6x more voxels), about 50 CPU seconds for SearchMorph-3D on this machine, so the
-# same budget sees 5.6x fewer pairs. The lean search's memory grows linearly (the table above), the all-pairs
+# A step costs about 5.6x more (5.6x more voxels) than the CPU seconds per pair printed for the shipped models,
+# so the same budget sees 5.6x fewer pairs. The lean search's memory grows linearly (the table above), the all-pairs
 # volume quadratically. Cheaper options: fewer iterations during training (the cost is dominated by the
 # iterations' search, GRU and loss at full resolution), radius 1 (7 offsets per level instead of 25), a
 # narrower trunk (`widths`), or a stride of 4 for the features; or train at 4 mm and run at 2 mm with the field
