@@ -50,6 +50,9 @@ if "google.colab" in sys.modules:  # the library's loose dependencies keep Colab
 import itertools
 import json
 import math
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
