@@ -61,10 +61,16 @@ def test_save_checkpoint_stores_a_digest_that_read_checkpoint_verifies(tmp_path)
 def test_shipped_format_1_files_without_a_digest_still_load():
     from searchmorph_lite.pretrained import available_pretrained, pretrained_path
 
+    formats = set()
     for name in available_pretrained():
         raw = torch.load(pretrained_path(name), weights_only=True)
-        assert "sha256" not in raw and raw["format"] == "searchmorph_lite.checkpoint/1"
+        formats.add(raw["format"])
+        if raw["format"] == "searchmorph_lite.checkpoint/1":  # the first models: no digest, loaded as they are
+            assert "sha256" not in raw
+        else:  # shipped since: format 2, whose digest read_checkpoint verifies
+            assert raw["format"] == "searchmorph_lite.checkpoint/2" and len(raw["sha256"]) == 64
         assert read_checkpoint(pretrained_path(name))["model"] in ("SearchMorph", "VoxelMorph")
+    assert "searchmorph_lite.checkpoint/1" in formats or not available_pretrained()
 
 
 def test_a_file_saved_without_zip_crcs_still_loads(tmp_path):
