@@ -137,12 +137,10 @@ def card(model) -> dict:
     """What a table needs from a model's card: training CPU seconds, pairs seen, epochs, val Dice."""
     meta = model.metadata or {}
     hist = meta.get("history") or {}
-    tc = meta.get("train_config") or {}
-    steps = meta.get("train_steps")
     return {
         "train_cpu_seconds": float(sum(hist.get("cpu_seconds", []))) or None,
         "epochs": meta.get("epochs", len(hist.get("epoch", []))),
-        "pairs_seen": meta.get("pairs_seen", steps * tc.get("batch_size", 1) if steps else None),
+        "pairs_seen": meta.get("pairs_seen"),  # ship_pretrained's count; None for runs that did not record it
         "val_dice_last": (hist.get("val_dice") or [None])[-1],
     }
 
