@@ -21,9 +21,10 @@ def box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
     """Sums (B, C, *spatial) of ``x`` (B, C, *spatial) over the ``window``-wide box around each pixel, zero outside.
 
     One grouped convolution over the channels. In 2D a single ``window`` x ``window`` kernel (fastest on CPU at
-    192 x 160); in 3D three separable 1D kernels, 27 taps per voxel instead of 729 at window 9: measured 9.5x
-    faster forward + backward on a (2, 5, 48, 48, 48) batch, where the single kernel's backward took about half
-    of a SearchMorph-3D training step. Both orders give the same sums up to float rounding.
+    192 x 160); in 3D three separable 1D kernels, 27 taps per voxel instead of 729 at window 9: 9.5x
+    faster forward + backward on a (2, 5, 48, 48, 48) batch (one thread, old and new alternated twice in one
+    process while trainings shared the CPU: a ratio, not an idle timing), where the single kernel's backward
+    took about half of a SearchMorph-3D training step. Both orders give the same sums up to float rounding.
     """
     ndim = x.ndim - 2
     channels = x.shape[1]
