@@ -91,8 +91,8 @@ def centred_padding(shape: tuple[int, ...], multiple: int) -> list[tuple[int, in
 
 
 def refine_settings(model: RegistrationModel, refine_steps: int | str) -> tuple[int, dict]:
-    """(steps, {"similarity", "alpha", "lr"}) for ``register``'s refinement, from ``refine_steps`` and the model's
-    metadata; ValueError for anything but an integer in [0, 10000] or "auto"."""
+    """(steps, {"similarity", "alpha", "lr", "levels"}) for ``register``'s refinement, from ``refine_steps`` and
+    the model's metadata; ValueError for anything but an integer in [0, 10000] or "auto"."""
     metadata = getattr(model, "metadata", None) or {}
     if refine_steps == "auto":
         refine_steps = int(metadata.get("refine_steps", 0))
@@ -104,7 +104,8 @@ def refine_settings(model: RegistrationModel, refine_steps: int | str) -> tuple[
     options = {
         "similarity": train_config.get("similarity", "lncc"),
         "alpha": float(train_config.get("alpha", 2.0)),
-        "lr": float(metadata.get("refine_lr", 0.3)),
+        "lr": float(metadata.get("refine_lr", 2.0)),
+        "levels": int(metadata.get("refine_levels", 3)),
     }
     return int(refine_steps), options
 
@@ -127,10 +128,11 @@ def register(
     resampled by the field, so it keeps the input's intensities. ``iterations`` (at most 1000) overrides the
     model's; only the last field is kept, so memory does not grow with it.
 
-    ``refine_steps`` N > 0 refines the network's field on this pair for N Adam steps of the model's own training
-    loss (:func:`searchmorph_lite.refine.refine_flow`; similarity and alpha from ``model.metadata``'s training
-    config, else LNCC and 2; Adam lr 0.3 px, or ``metadata["refine_lr"]``); "auto" takes
-    ``model.metadata["refine_steps"]`` (0 when absent). 0 is the network.
+    ``refine_steps`` N > 0 refines the network's field on this pair for N Adam steps in all, coarse to fine, of
+    the model's own training loss plus a folding barrier (:func:`searchmorph_lite.refine.refine_flow`; similarity
+    and alpha from ``model.metadata``'s training config, else LNCC and 2; Adam lr 2 px and 3 pyramid levels, or
+    ``metadata["refine_lr"]`` and ``["refine_levels"]``); "auto" takes ``model.metadata["refine_steps"]`` (0 when
+    absent). 0 is the network.
     """
     if not isinstance(model, RegistrationModel):
         raise ValueError(

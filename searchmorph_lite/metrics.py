@@ -59,10 +59,17 @@ def jacobian_determinant(flow: torch.Tensor) -> torch.Tensor:
     ndim = flow.ndim - 2
     if any(n < 2 for n in flow.shape[2:]):
         raise ValueError(f"every spatial axis needs at least 2 pixels, got {tuple(flow.shape[2:])}")
-    # jac[..., k, j] = d u_k / d x_j + delta_kj
-    grads = [torch.stack(torch.gradient(flow[:, k], dim=list(range(1, ndim + 1))), dim=-1) for k in range(ndim)]
-    jac = torch.stack(grads, dim=-2) + torch.eye(ndim, dtype=flow.dtype, device=flow.device)
-    return torch.linalg.det(jac)
+    # j[k][i] = d u_k / d x_i + delta_ki, and its determinant written out (3-4x faster than torch.linalg.det on
+    # a (..., ndim, ndim) stack, which matters where refinement differentiates it every step)
+    axes = list(range(1, ndim + 1))
+    j = [[g + (k == i) for i, g in enumerate(torch.gradient(flow[:, k], dim=axes))] for k in range(ndim)]
+    if ndim == 2:
+        return j[0][0] * j[1][1] - j[0][1] * j[1][0]
+    return (
+        j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
+        - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
+        + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0])
+    )
 
 
 def folding_ratio(flow: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -104,3 +104,40 @@ def test_cli_register_takes_refine_steps(tmp_path, capsys):
         main(args + ["--refine", "lots"])
     assert exit_info.value.code == 2
     assert "--refine takes a number of steps (0, 30, 100, ...) or auto, got 'lots'" in capsys.readouterr().err
+
+
+def test_the_pyramid_finds_a_large_shift_that_the_finest_level_alone_does_not():
+    moving, fixed, true = _shifted_pair(shift=(7.0, -6.0), size=64)
+    start = torch.zeros_like(true)
+    one = refine_flow(moving, fixed, start, 45, "mse", 0.01, levels=1)
+    three = refine_flow(moving, fixed, start, 45, "mse", 0.01, levels=3)
+    error = {name: (f - true)[:, :, 16:48, 16:48].abs().mean().item() for name, f in (("one", one), ("three", three))}
+    assert error["three"] < 0.5 * error["one"], error
+    assert refinement_loss(moving, fixed, three, "mse", 0.01, 10.0) < refinement_loss(
+        moving, fixed, one, "mse", 0.01, 10.0
+    )
+
+
+def test_the_folding_barrier_unfolds_a_folded_start():
+    from searchmorph_lite import folding_ratio
+
+    moving, fixed, true = _shifted_pair(shift=(0.0, 0.0), size=48)
+    yy = torch.arange(48.0)[:, None].expand(48, 48)
+    folded = true.clone()
+    folded[:, 0] = 3.0 * torch.sin(yy / 1.5)  # d u_y / d y reaches -2: det J < 0 on stripes
+    assert folding_ratio(folded).item() > 10
+    refined = refine_flow(moving, fixed, folded, 60, "mse", 0.0, fold_weight=10.0)
+    assert folding_ratio(refined).item() < 0.5 * folding_ratio(folded).item()
+    kept = refine_flow(moving, fixed, folded, 60, "mse", 0.0, fold_weight=10.0)
+    assert torch.equal(kept, refined)  # deterministic
+
+
+@pytest.mark.parametrize(
+    "option,bad,match",
+    [("levels", 0, "refine levels"), ("levels", 2.0, "refine levels"), ("smoothing", 4, "refine smoothing"),
+     ("smoothing", 0, "refine smoothing"), ("fold_weight", -1.0, "refine fold_weight"), ("lr", 0, "refine lr")],
+)  # fmt: skip
+def test_refine_options_are_checked(option, bad, match):
+    moving, fixed, true = _shifted_pair()
+    with pytest.raises(ValueError, match=match):
+        refine_flow(moving, fixed, true, 5, **{option: bad})
