@@ -16,7 +16,7 @@ from .correlation import (
 from .encoders import ContextEncoder, FeatureEncoder, SharedEncoder, UNetTrunk
 from .inference import normalize_intensity, register
 from .iterator import ConvGRU, DeformationFieldIterator
-from .losses import grad_l2_loss, lncc_loss, local_ncc, mse_loss, registration_loss
+from .losses import folding_barrier, grad_l2_loss, lncc_loss, local_ncc, mse_loss, registration_loss
 from .metrics import dice, folding_ratio, jacobian_determinant
 from .model import SearchMorph, SearchMorphConfig
 from .pretrained import available_pretrained, load_pretrained
@@ -53,6 +53,7 @@ __all__ = [
     "dice",
     "diamond_offsets",
     "folding_ratio",
+    "folding_barrier",
     "grad_l2_loss",
     "identity_grid",
     "integrate_velocity",

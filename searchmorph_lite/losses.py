@@ -81,6 +81,14 @@ def grad_l2_loss(flow: torch.Tensor) -> torch.Tensor:
     return total / ndim
 
 
+def folding_barrier(flow: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
+    """Scalar mean over pixels of relu(margin - det(I + grad u)) for a field u (B, ndim, *S): zero where the
+    field keeps every pixel's area above ``margin``, growing linearly as it approaches folding (det J <= 0)."""
+    from .metrics import jacobian_determinant
+
+    return F.relu(margin - jacobian_determinant(flow)).mean()
+
+
 def similarity_loss(name: str):
     """The similarity function named ``name`` ("mse" or "lncc") as a callable (a, b) -> scalar."""
     losses = {"mse": mse_loss, "lncc": lncc_loss}

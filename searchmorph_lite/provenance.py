@@ -38,8 +38,10 @@ def card_of(model: RegistrationModel, source: str = "pretrained") -> dict:
     if isinstance(size, int):
         size = (size,) * model.ndim
     pairs = md.get("train_pairs") or opts.get("num_pairs")
-    if pairs is None and data != "?":
-        pairs = len(load_dataset(data, "train", **opts))
+    if (pairs is None or not size) and data != "?":  # a training checkpoint: ask its dataset
+        train_set = load_dataset(data, "train", **opts)
+        pairs = pairs or len(train_set)
+        size = size or tuple(train_set[0]["moving"].shape[1:])
     return {
         "source": source,
         "data": data,

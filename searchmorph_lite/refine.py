@@ -19,12 +19,9 @@ import torch.nn.functional as F
 
 from ._checks import check_flow, check_image, check_same_spatial
 from ._nd import nd
-from .losses import grad_l2_loss, similarity_loss
-from .metrics import jacobian_determinant
+from .losses import folding_barrier, grad_l2_loss, similarity_loss
 from .transform import warp
 
-# det J below this is penalised (linearly); folding itself is det J <= 0
-FOLD_MARGIN = 0.1
 # a pyramid level whose smallest side would fall below this many pixels is skipped (its steps go to finer ones)
 MIN_LEVEL_SIDE = 8
 
@@ -41,7 +38,7 @@ def refinement_loss(
     det J)) when ``fold_weight`` > 0: what refinement minimises."""
     loss = similarity_loss(similarity)(warp(moving, flow), fixed) + alpha * grad_l2_loss(flow)
     if fold_weight:
-        loss = loss + fold_weight * F.relu(FOLD_MARGIN - jacobian_determinant(flow)).mean()
+        loss = loss + fold_weight * folding_barrier(flow)
     return loss
 
 

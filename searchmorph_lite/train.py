@@ -27,7 +27,7 @@ from .checkpoint import (
     save_checkpoint,
     state_digest,
 )
-from .losses import grad_l2_loss, similarity_loss
+from .losses import folding_barrier, grad_l2_loss, similarity_loss
 from .metrics import dice, folding_ratio
 from .model import RegistrationResult
 
@@ -60,6 +60,9 @@ class TrainConfig:
     # torchrun the budget is the CPU seconds of all processes summed (history["cpu_seconds"] holds that sum), so
     # N processes spend it about N times sooner in wall time and every process stops at the same step.
     max_cpu_seconds: float = 0.0  # stop once the training steps used this much process CPU time (0: no budget)
+    # Beyond eq. 9: + fold_weight * mean(relu(0.1 - det J)) on every iteration's field (losses.folding_barrier),
+    # which penalises folding itself rather than only steep fields (0: the paper's loss)
+    fold_weight: float = 0.0
     fresh_pairs: bool = False  # new training pairs every epoch (generated datasets: seed option + 1000 * epoch)
     # [lo, hi]: each training step runs a number of iterations drawn from lo..hi (SearchMorph only; [] = the
     # model's own). Training beyond the inference count teaches the iterator to settle, as RAFT's does.
@@ -88,6 +91,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if self.alpha < 0:
             raise ValueError(f"TrainConfig.alpha must be >= 0, got {self.alpha}")
+        if self.fold_weight < 0:
+            raise ValueError(f"TrainConfig.fold_weight must be >= 0 (0: no folding barrier), got {self.fold_weight}")
         if not 0 <= self.iteration_weight <= 1:
             raise ValueError(f"iteration_weight must lie in [0, 1], got {self.iteration_weight}")
         similarity_loss(self.similarity)  # raises for unknown names
@@ -202,7 +207,8 @@ def seed_everything(seed: int) -> None:
 def registration_loss_all(
     result: RegistrationResult, moving: torch.Tensor, fixed: torch.Tensor, cfg: TrainConfig
 ) -> torch.Tensor:
-    """Scalar eq. 9 averaged over the iterations' fields with weights iteration_weight^(N-1-i)."""
+    """Scalar eq. 9 (+ the folding barrier when cfg.fold_weight) averaged over the iterations' fields with weights
+    iteration_weight^(N-1-i)."""
     from .transform import warp
 
     sim = similarity_loss(cfg.similarity)
@@ -213,7 +219,10 @@ def registration_loss_all(
         if w == 0:
             continue
         warped = result.warped if flow is result.flow else warp(moving, flow)
-        total = total + w * (sim(warped, fixed) + cfg.alpha * grad_l2_loss(flow))
+        loss = sim(warped, fixed) + cfg.alpha * grad_l2_loss(flow)
+        if cfg.fold_weight:
+            loss = loss + cfg.fold_weight * folding_barrier(flow)
+        total = total + w * loss
     return total / sum(weights)
 
 
@@ -324,6 +333,13 @@ def _check_resume(ckpt: dict, cfg: TrainConfig, path: Path, allow_config_change:
     old = (ckpt.get("metadata") or {}).get("train_config")
     if not isinstance(old, dict):
         return {}
+    # fields added to TrainConfig since the checkpoint was written ran at their defaults: they match those
+    defaults = {
+        f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+        for f in dataclasses.fields(TrainConfig)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    }
+    old = {**json_safe(defaults), **old}
     diff = _flat_diff(old, json_safe(dataclasses.asdict(cfg)), skip=("epochs", *MODEL_KEYS))
     if diff and not allow_config_change:
         raise ValueError(

@@ -96,3 +96,17 @@ def loop_sum(t: torch.Tensor, window: int) -> torch.Tensor:
             for x in range(t.shape[4]):
                 out[:, :, z, y, x] = pad[:, :, z : z + window, y : y + window, x : x + window].sum((2, 3, 4))
     return out
+
+
+def test_folding_barrier_is_zero_for_area_preserving_fields_and_brute_force_elsewhere():
+    from searchmorph_lite import folding_barrier, jacobian_determinant
+
+    assert folding_barrier(torch.zeros(1, 2, 16, 16)).item() == 0.0
+    affine = torch.zeros(1, 2, 16, 16)
+    affine[:, 0] = -0.95 * torch.arange(16.0)[:, None]  # det J = 0.05 everywhere: inside the margin
+    assert torch.allclose(folding_barrier(affine), torch.tensor(0.05))
+    g = torch.Generator().manual_seed(0)
+    u = 2.0 * torch.randn(2, 3, 6, 7, 5, generator=g, dtype=torch.float64)
+    det = jacobian_determinant(u)
+    brute = sum(max(0.1 - v, 0.0) for v in det.flatten().tolist()) / det.numel()
+    assert abs(folding_barrier(u).item() - brute) < 1e-12

@@ -53,6 +53,34 @@ def test_sequence_loss_weights_the_last_iteration_most():
     assert torch.allclose(last_only, lncc_loss(out.warped, f) + 2.0 * grad_l2_loss(out.flow))
 
 
+def test_the_folding_barrier_adds_fold_weight_times_the_barrier_of_every_iteration():
+    from searchmorph_lite import SearchMorph, SearchMorphConfig, folding_barrier
+
+    torch.manual_seed(0)
+    model = SearchMorph(SearchMorphConfig(**TINY["model_config"]))
+    item = load_dataset("brain2d", "train", num_pairs=1, image_size=[64, 64])[0]
+    m, f = item["moving"][None], item["fixed"][None]
+    out = model(m, f)
+    out.flows[-1] = out.flow = out.flow + 3.0 * torch.sin(torch.arange(64.0) / 1.5)[:, None]  # folds rows
+    plain = registration_loss_all(out, m, f, TrainConfig(**{**TINY, "iteration_weight": 0.0}))
+    barrier = registration_loss_all(out, m, f, TrainConfig(**{**TINY, "iteration_weight": 0.0, "fold_weight": 5.0}))
+    assert folding_barrier(out.flow) > 0.01
+    assert torch.allclose(barrier - plain, 5.0 * folding_barrier(out.flow))
+    with pytest.raises(ValueError, match="fold_weight must be >= 0"):
+        TrainConfig(**{**TINY, "fold_weight": -1.0})
+
+
+def test_a_field_added_to_train_config_since_a_checkpoint_resumes_at_its_default(tmp_path):
+    train(TrainConfig(**TINY), tmp_path, device="cpu", progress=False)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    del ckpt["metadata"]["train_config"]["fold_weight"]  # as written before the field existed
+    from searchmorph_lite.train import _check_resume
+
+    assert _check_resume(ckpt, TrainConfig(**{**TINY, "epochs": 2}), tmp_path, False) == {}
+    changed = _check_resume(ckpt, TrainConfig(**{**TINY, "epochs": 2, "fold_weight": 1.0}), tmp_path, True)
+    assert changed == {"fold_weight": (0.0, 1.0)}
+
+
 def test_evaluate_reports_dice_per_label_and_folding():
     from searchmorph_lite import VoxelMorph
 

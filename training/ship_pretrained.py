@@ -42,6 +42,20 @@ DATA_TEXT = {
 }
 
 
+def pairs_seen(history: dict, epoch_pairs: int) -> int | None:
+    """Training pairs the run stepped through: the per-epoch record, where an epoch has one.
+
+    Runs resumed across the version that began recording (``history["pairs"]``) hold None for their earlier
+    epochs. Those were whole epochs (only a run's last epoch can stop early, at its CPU budget, and the last one
+    is recorded), so each saw the epoch's ``epoch_pairs`` (with fresh_pairs, new ones; without, the same again).
+    None when no epoch recorded its pairs.
+    """
+    recorded = history.get("pairs") or []
+    if not recorded or all(p is None for p in recorded):
+        return None
+    return int(sum(epoch_pairs if p is None else p for p in recorded))
+
+
 def describe_run(ckpt: dict, hardware: str) -> dict:
     """Model card entries of a training checkpoint: data, budget, wall time, hardware, validation history."""
     tc = ckpt["metadata"]["train_config"]
@@ -57,8 +71,7 @@ def describe_run(ckpt: dict, hardware: str) -> dict:
         "train_pairs": len(train_set),  # per epoch; new ones every epoch when fresh_pairs
         "fresh_pairs": cfg.fresh_pairs,
         "train_cpu_seconds": float(sum(history.get("cpu_seconds", []))),
-        # pairs trained on, when every epoch recorded them (runs started before that record none)
-        "pairs_seen": sum(history["pairs"]) if history.get("pairs") and None not in history["pairs"] else None,
+        "pairs_seen": pairs_seen(history, len(train_set)),
         "epochs": epochs,
         "batch_size": cfg.batch_size,
         "loss": f"{cfg.similarity.upper()} + {cfg.alpha:g} * L2 gradient (eq. 9), iteration weight "
