@@ -105,8 +105,29 @@ def test_metrics(model: torch.nn.Module, dataset: str, options: dict | None = No
     }
 
 
-def ship(run: Path, name: str, hardware: str) -> Path:
-    """Write ``searchmorph_lite/pretrained/<name>.pt`` from ``run/checkpoint.pt``; return its path."""
+def refined_test_metrics(model: torch.nn.Module, dataset: str, options: dict, steps: int) -> dict:
+    """Mean Dice and % folding of ``register(..., refine_steps=steps)`` on the test split (labelled data only)."""
+    shape = {k: v for k, v in (options or {}).items() if k in ("image_size", "voxel_mm")}
+    test_set = load_dataset(dataset, "test", **shape)
+    dices, folds = [], []
+    for i in range(len(test_set)):
+        item = test_set[i]
+        if "moving_labels" not in item:
+            return {}
+        _, flow = sm.register(item["moving"][0], item["fixed"][0], model, normalize=False, refine_steps=steps)
+        f = torch.from_numpy(flow)[None].float()
+        lab = sm.warp(item["moving_labels"][None].float(), f, mode="nearest").round().long()
+        labels = sorted(int(v) for v in torch.unique(item["fixed_labels"]) if v != 0)
+        dices.append(float(torch.nanmean(sm.dice(lab, item["fixed_labels"][None], labels)[0])))
+        folds.append(float(sm.folding_ratio(f)[0]))
+    return {"test_dice_refined": float(np.mean(dices)), "test_folding_refined": float(np.mean(folds))}
+
+
+def ship(run: Path, name: str, hardware: str, refine_steps: int = 0) -> Path:
+    """Write ``searchmorph_lite/pretrained/<name>.pt`` from ``run/checkpoint.pt``; return its path.
+
+    ``refine_steps`` > 0 is the refinement recommended for the model (``metadata["refine_steps"]``, which
+    ``register(..., refine_steps="auto")`` and ``--refine auto`` use); its test metrics are measured too."""
     ckpt = sm.read_checkpoint(run / "checkpoint.pt")
     if ckpt["model"] != PRETRAINED[name]:
         raise ValueError(f"{run} holds a {ckpt['model']}, but {name!r} must be a {PRETRAINED[name]}")
@@ -115,6 +136,10 @@ def ship(run: Path, name: str, hardware: str) -> Path:
     model.eval()
     meta = describe_run(ckpt, hardware)
     meta.update(test_metrics(model, meta["dataset"], meta["dataset_options"]))
+    if refine_steps:
+        model.metadata = {"train_config": meta["train_config"]}  # refinement reads the loss from it
+        meta["refine_steps"] = int(refine_steps)
+        meta.update(refined_test_metrics(model, meta["dataset"], meta["dataset_options"], refine_steps))
     meta["name"] = name
     out = pretrained_path(name)
     sm.save_checkpoint(out, model, metadata=meta)
@@ -171,6 +196,16 @@ def write_model_card() -> Path:
             f"- Training: {md['loss']}; {md['optimizer']}; {md['epochs']} epochs, batch {md['batch_size']}, seed "
             f"{md['train_config']['seed']}; config `{md['train_config']}`.",
             f"- Validation Dice per epoch (first {md['train_config']['val_pairs']} val pairs): {val}.",
+            *([f"- Pairs seen in training: {md['pairs_seen']:,}."] if md.get("pairs_seen") else []),
+            *(
+                [
+                    f"- Recommended test-time refinement: {md['refine_steps']} steps (`register(..., "
+                    f'refine_steps="auto")`, `--refine auto`); test Dice with it '
+                    f"{_fmt(md.get('test_dice_refined'))}, % folding {_fmt(md.get('test_folding_refined'))}."
+                ]
+                if md.get("refine_steps")
+                else []
+            ),
             f"- Wall time of the training loop: {md['wall_time_s']:.0f} s"
             + (f"; CPU seconds of its steps: {md['train_cpu_seconds']:.0f}" if md.get("train_cpu_seconds") else "")
             + f". Hardware: {md['hardware']}.",
@@ -194,13 +229,14 @@ def main() -> None:
     parser.add_argument("--name", choices=sorted(PRETRAINED))
     parser.add_argument("--hardware", help="how the run was trained: CPU, threads, what shared the machine")
     parser.add_argument("--card-only", action="store_true")
+    parser.add_argument("--refine-steps", type=int, default=0, help="refinement steps recommended for the model")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if not args.card_only:
         if not (args.run and args.name and args.hardware):
             parser.error("--run, --name and --hardware are required unless --card-only")
         base = f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
-        print("wrote", ship(args.run, args.name, f"{base}; {args.hardware}"))
+        print("wrote", ship(args.run, args.name, f"{base}; {args.hardware}", args.refine_steps))
     print("wrote", write_model_card())
 
 
