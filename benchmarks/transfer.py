@@ -87,8 +87,7 @@ def methods(kind: str, refine: list[int], runs: dict) -> dict:
 
     def net(model, **kw):
         def method(m, f):
-            with torch.set_grad_enabled(bool(kw.get("refine_steps"))):
-                return sm.register(m, f, model, **kw)
+            return sm.register(m, f, model, normalize=False, **kw)  # the datasets' images are scaled already
 
         return method
 
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Results written to ``--out``.json and .md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=24, help="brain pairs per set (echo: every clip frame)")
-    parser.add_argument("--refine", type=int, nargs="*", default=[30, 100], help="refinement step counts")
+    parser.add_argument("--refine", type=int, nargs="*", default=[30, 60, 120], help="refinement step counts")
     parser.add_argument("--iterations", type=int, nargs="*", default=[1, 2, 4, 8, 12], help="sweep (empty: none)")
     parser.add_argument("--threads", type=int, default=2, help="torch and ITK threads")
     what = "use CHECKPOINT for the pretrained NAME (e.g. brain2d training/x/checkpoint.pt)"
@@ -154,8 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
 def _iterated(model, m: np.ndarray, f: np.ndarray, n: int):
     import searchmorph_lite as sm
 
-    with torch.no_grad():
-        return sm.register(m, f, model, iterations=n)
+    return sm.register(m, f, model, normalize=False, iterations=n)
 
 
 def markdown(results: dict) -> str:
