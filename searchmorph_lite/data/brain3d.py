@@ -33,9 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..metrics import jacobian_determinant
 from ..transform import warp
-from .brain_subjects import check_subject_options
+from .brain_subjects import add_unfolded_warps, check_subject_options
 from .common import SPLIT_CODES, check_positive_int, check_split, rng_for, single_thread, smooth_random_field
 from .mni152 import LABEL_NAMES
 
@@ -124,17 +123,7 @@ def subject_deformation_3d(
     rel = grid - centre[:, None, None, None]
     src = np.einsum("ij,j...->i...", matrix, rel) + (centre + offset)[:, None, None, None]
     affine = (src - grid).astype(np.float32)
-    elastic = np.zeros_like(affine)
-    for g, (lo, hi) in zip(grids, ((0.3, 1.0), (0.0, 0.25))):
-        part = smooth_random_field(rng, shape, grid=g, channels=3)
-        part *= rng.uniform(lo, hi) * max_displacement / max(float(np.sqrt((part**2).sum(0)).max()), 1e-6)
-        elastic += part
-    for _ in range(20):
-        field = torch.from_numpy(affine + elastic)
-        if float(jacobian_determinant(field[None]).min()) > 0.2:
-            return field
-        elastic *= 0.7
-    return torch.from_numpy(affine)
+    return add_unfolded_warps(rng, affine, max_displacement, grids)
 
 
 class Brain3D(Dataset):

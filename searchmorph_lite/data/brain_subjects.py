@@ -151,9 +151,22 @@ def subject_deformation(rng: np.random.Generator, shape: tuple[int, int], max_di
     src_r = cr + math.cos(theta) * dr - math.sin(theta) * dc + shift[0]
     src_c = cc + math.sin(theta) * dr + math.cos(theta) * dc + shift[1]
     affine = np.stack([src_r - rows, src_c - cols])
+    return add_unfolded_warps(rng, affine, max_displacement, grids=((5, 4), (12, 10)))
+
+
+def add_unfolded_warps(
+    rng: np.random.Generator, affine: np.ndarray, max_displacement: float, grids: tuple[tuple, tuple]
+) -> torch.Tensor:
+    """``affine`` (ndim, *S) plus a large- and a small-scale smooth warp, as a float32 field that never folds.
+
+    The warps live on the control grids ``grids[0]`` and ``grids[1]`` with largest displacements U(0.3, 1) and
+    U(0, 0.25) times ``max_displacement``; their sum shrinks by 0.7 until det(I + grad u) > 0.2 everywhere (the
+    affine part alone after 20 tries). The one place both the 2D and the 3D virtual subjects get their warps.
+    """
+    shape = affine.shape[1:]
     elastic = np.zeros_like(affine)
-    for grid, (lo, hi) in (((5, 4), (0.3, 1.0)), ((12, 10), (0.0, 0.25))):
-        part = smooth_random_field(rng, shape, grid=grid, channels=2)
+    for grid, (lo, hi) in zip(grids, ((0.3, 1.0), (0.0, 0.25))):
+        part = smooth_random_field(rng, shape, grid=grid, channels=len(shape))
         part *= rng.uniform(lo, hi) * max_displacement / max(float(np.sqrt((part**2).sum(0)).max()), 1e-6)
         elastic += part
     for _ in range(20):
