@@ -53,14 +53,14 @@ RUN_FOLDERS = {
 
 
 def score(pair: dict, flow: np.ndarray, seconds: float) -> dict:
-    """Dice (mean over LABELS), folding % and det J values of ``flow`` (ndim, *S) on a dataset ``pair``."""
-    from searchmorph_lite import dice, folding_ratio, jacobian_determinant, warp
+    """Dice (mean over LABELS), folding % (``searchmorph_lite.scoring.score_flow``, as the book scores) and the
+    det J values of ``flow`` (ndim, *S) on a dataset ``pair``."""
+    from searchmorph_lite import jacobian_determinant
+    from searchmorph_lite.scoring import score_flow
 
-    f = torch.from_numpy(np.ascontiguousarray(flow)).double()[None]
-    warped = warp(pair["moving_labels"][None].double(), f, mode="nearest").round().long()
-    d = dice(warped, pair["fixed_labels"][None], list(LABELS))[0]
-    jac = jacobian_determinant(f)[0].numpy().ravel()
-    return {"dice": float(torch.nanmean(d)), "folding": float(folding_ratio(f)[0]), "seconds": seconds, "jac": jac}
+    scores = score_flow(pair, flow, LABELS)
+    jac = jacobian_determinant(torch.from_numpy(np.ascontiguousarray(flow)).double()[None])[0].numpy().ravel()
+    return {"dice": scores["dice"], "folding": scores["folding"], "seconds": seconds, "jac": jac}
 
 
 def run_method(name: str, pairs: list[dict], method) -> dict:
@@ -99,25 +99,23 @@ def load_model(name: str, runs: bool):
 
 def network(model):
     """method(moving, fixed) -> flow of ``model`` through the public ``register``."""
-    import searchmorph_lite as sm
+    from searchmorph_lite.scoring import network_method
 
-    def method(m: np.ndarray, f: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return sm.register(m, f, model)[1]
-
-    return method
+    return network_method(model)
 
 
 def ants(kind: str):
     """method(moving, fixed) -> flow of ANTs ``kind`` ("Affine", "SyN"), seeded."""
-    from searchmorph_lite.baselines import ants_register
+    from searchmorph_lite.scoring import ants_method
 
-    return lambda m, f: ants_register(m, f, kind, seed=1)[1]
+    return ants_method(kind, seed=1)
 
 
 def identity(m: np.ndarray, f: np.ndarray) -> np.ndarray:
     """The zero field."""
-    return np.zeros((m.ndim, *m.shape), dtype=np.float32)
+    from searchmorph_lite.scoring import identity_method
+
+    return identity_method(m, f)
 
 
 def peak_forward_bytes(model, shape: tuple[int, ...]) -> int:

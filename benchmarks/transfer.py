@@ -10,9 +10,10 @@ Brain sets (brain2d-subjects test split, 192 x 160, labels 1-3; never trained or
 Echo set: ``echo clip``, pydicom's real apical four-chamber cine (``echo2d-clip``; ED frame 0 to every frame), no
 labels: scored by NCC (the global Pearson correlation of warped and fixed inside the sector) and folding.
 
-Methods on the same pairs, scored by one function (:func:`score`): Identity, ANTs SyN (``ants_register``, seeded),
-the VoxelMorph baseline, the SearchMorph network alone, and the network + ``--refine`` steps (``register(...,
-refine_steps=N)``). ``--iterations`` adds the iteration sweep of the network (issue 12, part 5).
+Methods on the same pairs, scored by one function (``searchmorph_lite.scoring.run_method``, as in the book):
+Identity, ANTs SyN (``ants_register``, seeded), the VoxelMorph baseline, the SearchMorph network alone, and the
+network + ``--refine`` steps (``register(..., refine_steps=N)``). ``--iterations`` adds the iteration sweep of the
+network (issue 12, part 5).
 Torch and ITK use the same ``--threads``; run it on an idle machine. Writes ``benchmarks/transfer_results.{json,md}``.
 Smoke run: ``python benchmarks/transfer.py --pairs 2 --refine 10 --out /tmp/t``.
 """
@@ -24,15 +25,14 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+LABELS = (1, 2, 3)  # CSF and other brain, grey matter, white matter
 BRAIN_SETS = {
     "in-distribution": {},
     "inverted contrast": {"contrast": "inverted"},
@@ -41,66 +41,27 @@ BRAIN_SETS = {
 }
 
 
-def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Global Pearson correlation of two images, inside ``mask`` when given."""
-    if mask is not None:
-        a, b = a[mask], b[mask]
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / max(np.sqrt((a * a).sum() * (b * b).sum()), 1e-12))
+def methods(kind: str, refine: list[int], runs: dict) -> tuple[dict, object]:
+    """({name: method}, SearchMorph) for brain or echo: Identity, ANTs SyN, VoxelMorph, SearchMorph (+ refinement).
 
-
-def score(pair: dict, warped: np.ndarray, flow: np.ndarray, seconds: float) -> dict:
-    """Dice (mean over labels 1-3, when labelled), NCC, folding % and seconds of one registered pair."""
-    from searchmorph_lite import dice, folding_ratio, warp
-
-    f = torch.from_numpy(np.ascontiguousarray(flow)).double()[None]
-    fixed = pair["fixed"][0].numpy()
-    out = {"ncc": ncc(warped, fixed, fixed > 0.02), "folding": float(folding_ratio(f)[0]), "seconds": seconds}
-    if "moving_labels" in pair:
-        lab = warp(pair["moving_labels"][None].double(), f, mode="nearest").round().long()
-        out["dice"] = float(torch.nanmean(dice(lab, pair["fixed_labels"][None], [1, 2, 3])[0]))
-    return out
-
-
-def run(pairs: list[dict], method) -> dict:
-    """Mean scores of ``method(moving, fixed) -> (warped, flow)`` over ``pairs``, with the per-pair rows."""
-    rows = []
-    for pair in pairs:
-        m, f = pair["moving"][0].numpy(), pair["fixed"][0].numpy()
-        start = time.perf_counter()
-        warped, flow = method(m, f)
-        rows.append(score(pair, np.asarray(warped), np.asarray(flow), time.perf_counter() - start))
-    out = {"pairs": len(rows), "per_pair": rows}
-    for key in rows[0]:
-        out[f"{key}_mean"] = float(np.mean([r[key] for r in rows]))
-    return out
-
-
-def methods(kind: str, refine: list[int], runs: dict) -> dict:
-    """{name: method} for brain or echo: Identity, ANTs SyN, VoxelMorph, SearchMorph (+ refinement)."""
+    The networks see the datasets' images as in training (``normalize=False``: they are scaled already)."""
     import searchmorph_lite as sm
-    from searchmorph_lite.baselines import ants_register
+    from searchmorph_lite.scoring import ants_method, identity_method, network_method
 
     def load(name: str):
         path = runs.get(name)
         return sm.load_checkpoint(path, device="cpu") if path else sm.load_pretrained(name, device="cpu")
 
-    def net(model, **kw):
-        def method(m, f):
-            return sm.register(m, f, model, normalize=False, **kw)  # the datasets' images are scaled already
-
-        return method
-
     base = "brain2d" if kind == "brain" else "echo2d"
     vm, smodel = load(f"{base}-voxelmorph"), load(base)
     out = {
-        "Identity": lambda m, f: (m, np.zeros((2, *m.shape), dtype=np.float32)),
-        "ANTs SyN": lambda m, f: ants_register(m, f, "SyN", seed=1),
-        "VoxelMorph": net(vm),
-        "SearchMorph": net(smodel),
+        "Identity": identity_method,
+        "ANTs SyN": ants_method("SyN", seed=1),
+        "VoxelMorph": network_method(vm, normalize=False),
+        "SearchMorph": network_method(smodel, normalize=False),
     }
     for n in refine:
-        out[f"SearchMorph + {n} refinement steps"] = net(smodel, refine_steps=n)
+        out[f"SearchMorph + {n} refinement steps"] = network_method(smodel, normalize=False, refine_steps=n)
     return out, smodel
 
 
@@ -117,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     from searchmorph_lite.data import load_dataset
     from searchmorph_lite.data.common import atomic_write_text
+    from searchmorph_lite.scoring import network_method, run_method
 
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
@@ -132,12 +94,13 @@ def main(argv: list[str] | None = None) -> dict:
         table, model = methods(kind, args.refine, runs)
         results["sets"][set_name] = {"kind": kind, "pairs": len(pairs), "methods": {}}
         for name, method in table.items():
-            row = run(pairs, method)
+            row = run_method(method, pairs, labels=LABELS if kind == "brain" else None)
             results["sets"][set_name]["methods"][name] = row
             print(f"{set_name:<18} {name:<36} " + ", ".join(
                 f"{k[:-5]} {v:.4f}" for k, v in row.items() if k.endswith("_mean")), flush=True)  # fmt: skip
         for n in args.iterations:
-            row = run(pairs, lambda m, f, n=n, model=model: _iterated(model, m, f, n))
+            method = network_method(model, normalize=False, iterations=n)
+            row = run_method(method, pairs, labels=LABELS if kind == "brain" else None)
             results["iterations"].setdefault(set_name, {})[str(n)] = row
             print(f"{set_name:<18} SearchMorph, {n} iterations: " + ", ".join(
                 f"{k[:-5]} {v:.4f}" for k, v in row.items() if k.endswith("_mean")), flush=True)  # fmt: skip
@@ -148,12 +111,6 @@ def main(argv: list[str] | None = None) -> dict:
     atomic_write_text(out.with_suffix(".md"), markdown(results))
     print(markdown(results))
     return results
-
-
-def _iterated(model, m: np.ndarray, f: np.ndarray, n: int):
-    import searchmorph_lite as sm
-
-    return sm.register(m, f, model, normalize=False, iterations=n)
 
 
 def markdown(results: dict) -> str:

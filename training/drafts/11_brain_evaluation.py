@@ -54,7 +54,6 @@ if "google.colab" in sys.modules:  # the library's loose dependencies keep Colab
 
 # %%
 import os
-import time
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -63,7 +62,7 @@ import pandas as pd
 import torch
 
 import searchmorph_lite as sm
-from searchmorph_lite.baselines import ants_register
+from searchmorph_lite import scoring
 from searchmorph_lite.book import METHOD_COLORS
 from searchmorph_lite.data import load_dataset
 from searchmorph_lite.data.brain_subjects import near_copy_table
@@ -72,6 +71,12 @@ from searchmorph_lite.provenance import (
     describe,
     hardware_line,
     train_with_card,
+)
+from searchmorph_lite.scoring import (
+    ants_method,
+    identity_method,
+    network_method,
+    score_flow,
 )
 from searchmorph_lite.train import TrainConfig
 
@@ -129,7 +134,9 @@ LABELS = {1: "CSF/other", 2: "GM", 3: "WM"}
 
 
 # %%
-def closest_training_image(dataset: str, split: str, n: int, n_train: int, **options) -> dict:
+def closest_training_image(
+    dataset: str, split: str, n: int, n_train: int, **options
+) -> dict:
     """Highest label Dice and lowest MSE between any ``split`` moving image and any
     training moving image."""
     train = load_dataset(dataset, "train", num_pairs=n_train, **options)
@@ -147,7 +154,8 @@ def closest_training_image(dataset: str, split: str, n: int, n_train: int, **opt
 
 subject_options = {"contrast": "t1", "artifacts": False}
 near = {
-    ("brain2d", s): closest_training_image("brain2d", s, 24, 400) for s in ("val", "test")
+    ("brain2d", s): closest_training_image("brain2d", s, 24, 400)
+    for s in ("val", "test")
 }
 near.update(
     {
@@ -163,7 +171,9 @@ for s in ("val", "test"):
         assert abs(library[s][key] - near[("brain2d-subjects", s)][key]) < 1e-6
 
 # %% tags=["nbval-check-output"]
-print(f"{'dataset':<18}{'split':<6}{'closest training image: label Dice':>36}{'MSE':>9}")
+print(
+    f"{'dataset':<18}{'split':<6}{'closest training image: label Dice':>36}{'MSE':>9}"
+)
 for (name, s), r in near.items():
     print(f"{name:<18}{s:<6}{r['max_label_dice']:>36.3f}{r['min_mse']:>9.4f}")
 
@@ -216,7 +226,9 @@ loaded = set(checkpoints) >= set(NEEDED)
 models, cards = {}, {}
 for kind, (name, model_config) in NEEDED.items():
     if loaded:
-        models[kind] = sm.load_checkpoint(checkpoints[kind], expected_model=kind, device=device)
+        models[kind] = sm.load_checkpoint(
+            checkpoints[kind], expected_model=kind, device=device
+        )
         cards[kind] = card_of(models[kind], source="loaded from checkpoint")
     elif pretrained:
         models[kind] = sm.load_pretrained(name, device=device)
@@ -224,7 +236,11 @@ for kind, (name, model_config) in NEEDED.items():
     else:
         models[kind], cards[kind] = train_here(kind, model_config)
 source = (
-    "your checkpoints" if loaded else "pretrained" if pretrained else "trained in this run"
+    "your checkpoints"
+    if loaded
+    else "pretrained"
+    if pretrained
+    else "trained in this run"
 )
 eval_size = cards["SearchMorph"]["image_size"]  # evaluate at the models' size
 if test_pairs is None:
@@ -285,7 +301,8 @@ for kind, model in models.items():
 # Each test pair is two virtual subjects made from slices of the held-out slabs. A method's field warps the moving
 # labels (nearest neighbour); we score Dice per label against the fixed labels (1 CSF and other brain, 2 grey
 # matter, 3 white matter) and the % of pixels where $\det(I + \nabla u) \le 0$ (chapter 3). Every method goes
-# through the same function, `run_method`: it times the method on each pair and scores the field it returns. The
+# through the same function, `searchmorph_lite.scoring.run_method` (the benchmark scripts use it too): it times
+# the method on each pair, after one untimed warm-up run, and scores the field it returns with `score_flow`. The
 # networks run through `sm.register` (what a user calls), with `normalize=False` because the dataset's images are
 # already scaled as in training.
 
@@ -293,44 +310,35 @@ for kind, model in models.items():
 # %%
 def score(item: dict, flow: np.ndarray) -> tuple[np.ndarray, float]:
     """(Dice per label (3,), % folding) of a field (2, H, W) on a test item."""
-    f = torch.from_numpy(np.ascontiguousarray(flow)).float()[None]
-    warped = sm.warp(item["moving_labels"][None].float(), f, mode="nearest").round().long()
-    d = sm.dice(warped, item["fixed_labels"][None], list(LABELS))[0].numpy()
-    return d, sm.folding_ratio(f).item()
+    out = score_flow(item, flow, list(LABELS))
+    return np.array(out["dice_per_label"]), out["folding"]
 
 
 def run_method(method, items: list[dict]) -> dict:
     """Dice (n, 3), % folding (n,) and seconds (n,) of ``method(moving, fixed) ->
-    flow`` on ``items``."""
-    dice, folding, secs = [], [], []
-    for item in items:
-        m, f = item["moving"][0].numpy(), item["fixed"][0].numpy()
-        start = time.perf_counter()
-        flow = method(m, f)
-        secs.append(time.perf_counter() - start)
-        d, fold = score(item, flow)
-        dice.append(d)
-        folding.append(fold)
-    return {"dice": np.array(dice), "folding": np.array(folding), "seconds": np.array(secs)}
+    flow`` on ``items`` (the library's run_method, as arrays)."""
+    rows = scoring.run_method(method, items, labels=list(LABELS))["per_pair"]
+    return {
+        "dice": np.array([r["dice_per_label"] for r in rows]),
+        "folding": np.array([r["folding"] for r in rows]),
+        "seconds": np.array([r["seconds"] for r in rows]),
+    }
 
 
 def network(kind: str, **kwargs):
     """A method: the network ``kind`` through sm.register (its field)."""
-    return lambda m, f: sm.register(m, f, models[kind], normalize=False, **kwargs)[1]
+    return network_method(models[kind], normalize=False, **kwargs)
 
 
 def ants(transform: str):
-    return lambda m, f: ants_register(m, f, transform, seed=seed + 1)[1]  # seed >= 1
+    return ants_method(transform, seed=seed + 1)  # ANTs: seed >= 1
 
 
-def identity(m, f):
-    return np.zeros((2, *m.shape), dtype=np.float32)
+identity = identity_method
 
 
 if refine_steps is None:
-    refine_steps = int(
-        (models["SearchMorph"].metadata or {}).get("refine_steps") or 60
-    )
+    refine_steps = int((models["SearchMorph"].metadata or {}).get("refine_steps") or 60)
 REFINED = f"SearchMorph + {refine_steps} refinement steps"
 test_set = load_dataset(
     "brain2d-subjects", "test", num_pairs=test_pairs, image_size=eval_size
@@ -411,12 +419,16 @@ def compare(a: str, b: str, metric: dict = mean_dice, digits: int = 3) -> str:
             f"error {se:.{digits}f}: not resolved."
         )
     verb = "beats" if diff.mean() > 0 else "loses to"
-    margin = ", by more than twice the paired standard error." if np.isfinite(se) else "."
+    margin = (
+        ", by more than twice the paired standard error." if np.isfinite(se) else "."
+    )
     return f"{a} {verb} {b}: {numbers}{margin}"
 
 
 # %% tags=["nbval-check-output"]
-print(f"networks ({source}), {test_pairs} test pairs at {eval_size[0]} x {eval_size[1]}:")
+print(
+    f"networks ({source}), {test_pairs} test pairs at {eval_size[0]} x {eval_size[1]}:"
+)
 for a, b in (
     ("SearchMorph", "VoxelMorph"),
     ("SearchMorph", "SearchMorph, 1 iteration"),
@@ -444,7 +456,10 @@ def seconds(method: str) -> float:
 
 print(
     "per pair: "
-    + ", ".join(f"{m} {seconds(m):.3f} s" for m in ("Affine", "SyN", "VoxelMorph", "SearchMorph", REFINED))
+    + ", ".join(
+        f"{m} {seconds(m):.3f} s"
+        for m in ("Affine", "SyN", "VoxelMorph", "SearchMorph", REFINED)
+    )
 )
 print(
     f"SearchMorph with refinement takes {seconds(REFINED) / seconds('SyN'):.2f} x the "
@@ -470,7 +485,8 @@ print(
 # %%
 sweep_items = items[:sweep_pairs]
 refine_rows = {
-    n: run_method(network("SearchMorph", refine_steps=n), sweep_items) for n in refine_sweep
+    n: run_method(network("SearchMorph", refine_steps=n), sweep_items)
+    for n in refine_sweep
 }
 syn_sweep = {k: v[: len(sweep_items)] for k, v in results["SyN"].items()}
 
@@ -497,7 +513,10 @@ axes[0].plot(
     label="SearchMorph + N steps",
 )
 axes[0].axhline(
-    np.nanmean(syn_sweep["dice"], axis=1).mean(), color=METHOD_COLORS["SyN"], ls="--", label="SyN"
+    np.nanmean(syn_sweep["dice"], axis=1).mean(),
+    color=METHOD_COLORS["SyN"],
+    ls="--",
+    label="SyN",
 )
 axes[0].set(xlabel="refinement steps N", ylabel="mean Dice", title="Dice")
 axes[1].plot(
@@ -507,8 +526,12 @@ axes[1].plot(
     color=METHOD_COLORS["SearchMorph"],
     label="SearchMorph + N steps",
 )
-axes[1].axhline(syn_sweep["seconds"].mean(), color=METHOD_COLORS["SyN"], ls="--", label="SyN")
-axes[1].set(xlabel="refinement steps N", ylabel="seconds per pair", title="time on this machine")
+axes[1].axhline(
+    syn_sweep["seconds"].mean(), color=METHOD_COLORS["SyN"], ls="--", label="SyN"
+)
+axes[1].set(
+    xlabel="refinement steps N", ylabel="seconds per pair", title="time on this machine"
+)
 for ax in axes:
     ax.legend()
 plt.show()
@@ -557,8 +580,16 @@ for set_name, rows in ood.items():
     net = np.nanmean(rows["SearchMorph"]["dice"], axis=1).mean()
     syn = np.nanmean(rows["SyN"]["dice"], axis=1).mean()
     refined = np.nanmean(rows[REFINED]["dice"], axis=1).mean()
-    verdict = "above" if net > syn + 0.005 else "below" if net < syn - 0.005 else "level with"
-    after = "above" if refined > syn + 0.005 else "below" if refined < syn - 0.005 else "level with"
+    verdict = (
+        "above" if net > syn + 0.005 else "below" if net < syn - 0.005 else "level with"
+    )
+    after = (
+        "above"
+        if refined > syn + 0.005
+        else "below"
+        if refined < syn - 0.005
+        else "level with"
+    )
     print(
         f"{set_name}: the network alone is {verdict} SyN ({net:.2f} vs {syn:.2f}); "
         f"refined, {after} it ({refined:.2f})."
@@ -596,8 +627,13 @@ def iteration_sweep(sweep_set: list[dict]) -> dict:
             dice.append([np.nanmean(d) for d, _ in scored])
             folding.append([fo for _, fo in scored])
             before = [torch.zeros_like(flows[0])] + list(flows[:-1])
-            update.append([(a - b).norm(dim=1).mean().item() for a, b in zip(flows, before)])
-    return {k: np.mean(v, axis=0) for k, v in (("dice", dice), ("folding", folding), ("update", update))}
+            update.append(
+                [(a - b).norm(dim=1).mean().item() for a, b in zip(flows, before)]
+            )
+    return {
+        k: np.mean(v, axis=0)
+        for k, v in (("dice", dice), ("folding", folding), ("update", update))
+    }
 
 
 sweep_sets = {"test (in distribution)": items}
@@ -623,7 +659,11 @@ for name, sw in sweeps.items():
     falls = d[trained - 1 :].max() - d[-1]
     print(
         f"  Dice from {trained} to {max_iterations} iterations: "
-        + ("keeps rising or stays" if falls < 5e-4 else f"falls back by {falls:.3f} from its best")
+        + (
+            "keeps rising or stays"
+            if falls < 5e-4
+            else f"falls back by {falls:.3f} from its best"
+        )
         + f"; folding at {max_iterations}: {sw['folding'][-1]:.3f} %"
         + (" (<= 0.05 %)" if sw["folding"][-1] <= 0.05 else " (above 0.05 %)")
     )
@@ -709,17 +749,23 @@ warped_ex = {"Fixed": f_ex}
 for m in shown[1:]:
     flow = METHODS[m](m_ex, f_ex)
     warped_ex[m] = sm.warp(
-        torch.from_numpy(m_ex)[None, None], torch.from_numpy(np.ascontiguousarray(flow))[None].float()
+        torch.from_numpy(m_ex)[None, None],
+        torch.from_numpy(np.ascontiguousarray(flow))[None].float(),
     )[0, 0].numpy()
 H, W = eval_size
 fig, axes = plt.subplots(
-    2, len(shown), figsize=(1.9 * len(shown), 2 * 1.9 * H / W + 0.6), constrained_layout=True
+    2,
+    len(shown),
+    figsize=(1.9 * len(shown), 2 * 1.9 * H / W + 0.6),
+    constrained_layout=True,
 )
 for j, m in enumerate(shown):
     axes[0, j].imshow(warped_ex[m], cmap="gray", vmin=0, vmax=1)
     axes[0, j].set_title(m.replace(" + ", "\n+ "), fontsize=8)
     if m != "Fixed":
-        diff = axes[1, j].imshow(warped_ex[m] - f_ex, cmap="RdBu_r", vmin=-0.5, vmax=0.5)
+        diff = axes[1, j].imshow(
+            warped_ex[m] - f_ex, cmap="RdBu_r", vmin=-0.5, vmax=0.5
+        )
 for ax in axes.flat:
     ax.set_xticks([]), ax.set_yticks([])
 axes[1, 0].axis("off")
@@ -733,13 +779,17 @@ plt.show()
 # %%
 with torch.no_grad():
     by_iter = models["SearchMorph"](
-        it["moving"][None].to(device), it["fixed"][None].to(device), iterations=max_iterations
+        it["moving"][None].to(device),
+        it["fixed"][None].to(device),
+        iterations=max_iterations,
     ).flows
 
 
 def explore(n: int = 4):
     warped = sm.warp(it["moving"][None].to(device), by_iter[n - 1])[0, 0].cpu()
-    fig, axes = plt.subplots(1, 2, figsize=(6, 3.6 * H / W / 1.3), constrained_layout=True)
+    fig, axes = plt.subplots(
+        1, 2, figsize=(6, 3.6 * H / W / 1.3), constrained_layout=True
+    )
     axes[0].imshow(warped, cmap="gray", vmin=0, vmax=1)
     axes[0].set_title(f"SearchMorph, {n} iteration(s)")
     im = axes[1].imshow(warped - it["fixed"][0], cmap="RdBu_r", vmin=-0.5, vmax=0.5)

@@ -1,0 +1,48 @@
+"""The one scoring code of the book's tables and the benchmarks, against brute force."""
+
+import numpy as np
+import pytest
+import torch
+
+from searchmorph_lite.references import dice_naive
+from searchmorph_lite.scoring import global_ncc, identity_method, run_method, score_flow
+
+from conftest import disc_pair
+
+
+def _pair(shift: float = 4.0) -> dict:
+    moving, fixed, moving_lab, fixed_lab = disc_pair(size=48, shift=shift, r_moving=10.0, r_fixed=12.0)
+    return {"moving": moving[0], "fixed": fixed[0], "moving_labels": moving_lab[0], "fixed_labels": fixed_lab[0]}
+
+
+def test_the_identity_scores_the_unregistered_overlap():
+    pair = _pair()
+    out = score_flow(pair, identity_method(pair["moving"][0].numpy(), pair["fixed"][0].numpy()))
+    assert out["dice"] == pytest.approx(dice_naive(pair["moving_labels"][0], pair["fixed_labels"][0], 1), abs=1e-6)
+    assert out["dice_per_label"] == [pytest.approx(out["dice"])] and out["folding"] == 0.0
+    m, f = pair["moving"][0].numpy(), pair["fixed"][0].numpy()
+    inside = f > 0.02
+    assert out["ncc"] == pytest.approx(np.corrcoef(m[inside], f[inside])[0, 1], abs=1e-6)
+
+
+def test_the_true_shift_scores_higher_than_the_identity_and_run_method_averages():
+    pair = _pair(shift=3.0)
+    true = np.zeros((2, 48, 48), dtype=np.float32)
+    true[0], true[1] = -3.0, 3.0  # the moving disc sits 3 px up and 3 px right of the fixed one
+    assert score_flow(pair, true)["ncc"] > score_flow(pair, np.zeros_like(true))["ncc"]
+    assert score_flow(pair, true)["dice"] > score_flow(pair, np.zeros_like(true))["dice"]
+    out = run_method(lambda m, f: true, [pair, _pair(shift=3.0)])
+    assert out["pairs"] == 2 and out["dice_mean"] == pytest.approx(score_flow(pair, true)["dice"])
+    assert all(r["seconds"] >= 0 for r in out["per_pair"]) and "seconds_mean" in out
+
+
+def test_unlabelled_pairs_get_ncc_and_folding_only_and_folded_fields_count():
+    pair = {k: v for k, v in _pair().items() if "labels" not in k}
+    folded = np.zeros((2, 48, 48), dtype=np.float32)
+    folded[0] = 3.0 * np.sin(np.arange(48.0) / 1.5)[:, None]
+    out = score_flow(pair, folded)
+    assert "dice" not in out and out["folding"] > 10
+    assert global_ncc(np.ones(4), np.arange(4.0)) == 0.0  # a constant image has no correlation
+    with pytest.raises(ValueError, match="at least one pair"):
+        run_method(identity_method, [])
+    assert torch.is_tensor(pair["moving"])  # the pair is left as it was
