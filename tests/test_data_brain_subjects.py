@@ -71,3 +71,27 @@ def test_moving_only_deformation_keeps_the_fixed_subject_undeformed():
 def test_bad_options_are_refused_with_a_clear_message(options):
     with pytest.raises(ValueError):
         load_dataset("brain2d-subjects", "val", **options)
+
+
+@pytest.mark.parametrize("dataset", ["brain2d", "brain2d-subjects"])
+def test_near_copy_table_equals_the_brute_force_over_every_pair_of_images(dataset):
+    from searchmorph_lite import dice
+    from searchmorph_lite.data import load_dataset
+    from searchmorph_lite.data.brain_subjects import near_copy_table
+
+    options = {"image_size": [64, 48]}
+    table = near_copy_table(("val", "test"), pairs=3, train_pairs=5, dataset=dataset, **options)
+    if dataset == "brain2d-subjects":
+        options.update(contrast="t1", artifacts=False)
+    train = load_dataset(dataset, "train", num_pairs=5, **options)
+    for split in ("val", "test"):
+        held = load_dataset(dataset, split, num_pairs=3, **options)
+        best_dice, best_mse = 0.0, float("inf")
+        for i in range(3):
+            for j in range(5):
+                a, b = held[i], train[j]
+                d = torch.nanmean(dice(a["moving_labels"][None], b["moving_labels"][None], [1, 2, 3])[0]).item()
+                best_dice = max(best_dice, d)
+                best_mse = min(best_mse, ((a["moving"] - b["moving"]) ** 2).mean().item())
+        assert table[split]["max_label_dice"] == pytest.approx(best_dice, abs=1e-6)
+        assert table[split]["min_mse"] == pytest.approx(best_mse, abs=1e-6)
