@@ -260,7 +260,9 @@ def load_checkpoint(
 ) -> nn.Module:
     """The model stored at ``path``, in eval mode on ``device``; its metadata is ``model.metadata``.
 
-    ``expected_model`` ("SearchMorph"/"VoxelMorph") raises ValueError when the file holds another kind.
+    ``expected_model`` ("SearchMorph"/"VoxelMorph") raises ValueError when the file holds another kind. A training
+    checkpoint's per-epoch history and epoch count join its metadata ("history", "epochs") unless it has them,
+    so a run in progress reads like a shipped model.
     """
     device = check_device(device)
     ckpt = read_checkpoint(path)
@@ -272,7 +274,11 @@ def load_checkpoint(
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
     load_weights(model, ckpt["state_dict"], str(path))
-    model.metadata = ckpt.get("metadata", {})
+    model.metadata = dict(ckpt.get("metadata") or {})
+    if isinstance(ckpt.get("history"), dict):
+        model.metadata.setdefault("history", ckpt["history"])
+    if isinstance(ckpt.get("epoch"), int):
+        model.metadata.setdefault("epochs", ckpt["epoch"])
     return model.to(device).eval()
 
 

@@ -31,6 +31,8 @@ def test_train_writes_a_checkpoint_every_epoch_and_resumes(tmp_path):
     second = read_checkpoint(tmp_path / "checkpoint.pt")
     changed = any(not torch.equal(first["state_dict"][k], second["state_dict"][k]) for k in first["state_dict"])
     assert second["epoch"] == 2 and changed
+    loaded = load_checkpoint(tmp_path / "checkpoint.pt", device="cpu")  # a run in progress reads like a shipped model
+    assert loaded.metadata["epochs"] == 2 and loaded.metadata["history"]["epoch"] == [1, 2]
 
 
 def test_resume_refuses_a_different_model_config(tmp_path):
