@@ -210,6 +210,7 @@ def write_model_card() -> Path:
             + (f"; CPU seconds of its steps: {md['train_cpu_seconds']:.0f}" if md.get("train_cpu_seconds") else "")
             + f". Hardware: {md['hardware']}.",
             f"- Shipped: {md['shipped']}.",
+            *([f"- Note: {md['note']}."] if md.get("note") else []),
             "",
         ]
     lines += [

@@ -16,7 +16,8 @@ PRETRAINED = {
     "echo2d": "SearchMorph",
     "brain2d-voxelmorph": "VoxelMorph",
     "echo2d-voxelmorph": "VoxelMorph",
-    # Table III ablations of "brain2d", trained with its budget (chapter 13)
+    # Table III (chapter 13): the full model and its four ablations, trained with one budget (the first brain2d's)
+    "brain2d-ablation-base": "SearchMorph",
     "brain2d-no-context": "SearchMorph",
     "brain2d-no-search": "SearchMorph",
     "brain2d-no-pyramid": "SearchMorph",
