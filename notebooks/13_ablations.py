@@ -71,8 +71,8 @@ device = "auto"
 # machine (more threads on shared cores slow training several-fold); 0: PyTorch's
 # default
 threads = 1
-# load the five shipped variants ("brain2d-ablation-base", "brain2d-no-context", ...) when all are
-# installed
+# load the five shipped variants ("brain2d-ablation-base", "brain2d-no-context",
+# ...) when all are installed
 use_pretrained = True
 # variant name -> checkpoint file (e.g. {"SearchMorph":
 # "runs/ablate_full/checkpoint.pt", ...});
