@@ -295,6 +295,107 @@ print(
 #   with the paper.
 #
 # With the real data prepared (below), every chapter runs on `load_dataset("lpba40", ...)` instead.
+#
+# ## brain2d-subjects: virtual subjects, with a gap between the splits
+#
+# brain2d's splits use disjoint slices, but every test moving slice lies 1 mm from two training slices and all of
+# them register to one atlas slice; chapter 11 measures that the closest training image of a test image is nearly
+# a copy of it. A network can then pass its test by remembering. The models chapter 11 evaluates are therefore
+# trained on `brain2d-subjects`, built in the spirit of SynthMorph (Hoffmann et al., 2022), which trains on images
+# that are all different on purpose:
+#
+# - **Every image is its own virtual subject.** A source slice $S_z$ of the template (any axial slice from
+#   $z = -40$ to $+64$ mm) is warped by the subject's own field $\phi$: an affine jitter (rotation up to 6°, scale
+#   up to 6 %, shift up to 4 px) plus a large-scale and a small-scale smooth warp, shrunk until
+#   $\det(I + \nabla\phi) > 0.2$ everywhere, so that no subject folds. Moving and fixed are *two* subjects, from
+#   the same slice or slices 1 mm apart, so the registration has to undo both deformations and a slice difference.
+# - **Contrast.** T1 with a random gamma, or a *synthetic* contrast: one random intensity per tissue (CSF, grey,
+#   white matter) mixed by the tissue probability maps, so that the network cannot rely on T1's ordering of the
+#   tissues; training draws either with probability 1/2, validation and test use T1.
+# - **Artifacts.** Per image a smooth multiplicative bias field, a Gaussian blur and Rician noise.
+# - **Labels are exact**: each subject's labels are its source slice's labels warped by the same $\phi$ (nearest).
+# - **Splits are slabs with a gap.** Validation and test hold three 3-mm slabs each, spread over the brain, and no
+#   training slice comes within 3 mm of them. Slices below $z = -43$ mm and above $+67$ mm, outside the training
+#   range (cerebellum, vertex), are kept for out-of-distribution tests (`slices="far"`).
+
+# %%
+from searchmorph_lite.data.brain_subjects import FAR_Z_MM, GAP_MM, split_slices
+
+z_split = {split: split_slices(split) for split in ("train", "val", "test")}
+held = z_split["val"] + z_split["test"]
+closest = min(abs(a - b) for a in z_split["train"] for b in held)  # brute force
+assert closest > GAP_MM and not set(FAR_Z_MM) & set(z_split["train"] + held)
+print(
+    f"source slices: {len(z_split['train'])} train, {len(z_split['val'])} val, "
+    f"{len(z_split['test'])} test, {len(FAR_Z_MM)} far; the closest training slice "
+    f"to any val/test slice is {closest} mm away"
+)
+fig, ax = plt.subplots(figsize=(11, 1.6), constrained_layout=True)
+for row, zs in enumerate([*z_split.values(), FAR_Z_MM]):
+    ax.plot(zs, [row] * len(zs), "|", ms=14, mew=2)
+ax.set(
+    yticks=range(4),
+    yticklabels=[*z_split, "far (OOD)"],
+    xlabel="axial slice z (mm, MNI152)",
+    ylim=(-0.6, 3.6),
+)
+ax.invert_yaxis()
+plt.show()
+
+# %% [markdown]
+# Three test pairs, one per contrast (the inverted one, $1 - \mathrm{T1}$ inside the brain, is a T2-like contrast
+# that no training image has: chapter 11 uses it to test transfer). Each pair is two subjects; the contours are
+# the fixed subject's grey-matter boundary, drawn on both images.
+
+# %%
+subject_sets = {
+    c: load_dataset(
+        "brain2d-subjects", "test", seed=seed, num_pairs=brain_pairs, contrast=c
+    )
+    for c in ("t1", "synthetic", "inverted")
+}
+fig, axes = plt.subplots(2, 3, figsize=(10, 6.6), constrained_layout=True)
+for j, (contrast, ds) in enumerate(subject_sets.items()):
+    x = ds[j]
+    for i, side in enumerate(("moving", "fixed")):
+        axes[i, j].imshow(x[side][0], cmap="gray", vmin=0, vmax=1)
+        axes[i, j].contour(
+            x["fixed_labels"][0] == 2, levels=[0.5], colors="y", linewidths=0.6
+        )
+        axes[i, j].set_title(
+            f"{contrast}: {side} (z = {x[f'{side}_z_mm']} mm)", fontsize=9
+        )
+        axes[i, j].set_xticks([]), axes[i, j].set_yticks([])
+plt.show()
+
+# %% [markdown]
+# The proof, as for brain2d: `sample(i)` returns the item with the two fields that made its subjects, and every
+# label map must equal its undeformed source slice's labels warped by its field, pixel for pixel; and no subject's
+# field folds (its smallest Jacobian determinant, chapter 3, stays above 0.2).
+
+# %% tags=["nbval-check-output"]
+subjects = subject_sets["t1"]
+exact, smallest_det = [], []
+for i in range(len(subjects)):
+    s = subjects.sample(i)
+    for side in ("moving", "fixed"):
+        source = subjects.source_labels(s[f"{side}_z_mm"])[None].float()
+        rebuilt = sm.warp(source, s[f"{side}_flow"][None], mode="nearest").long()[0]
+        exact.append(torch.equal(rebuilt, s[f"{side}_labels"]))
+        smallest_det.append(
+            sm.jacobian_determinant(s[f"{side}_flow"][None]).min().item()
+        )
+assert all(exact) and min(smallest_det) > 0.2
+print(
+    f"labels == warp(source labels, subject field, nearest) for {sum(exact)} / "
+    f"{len(exact)} subjects; smallest det(I + grad phi) {min(smallest_det):.2f}"
+)
+
+# %% [markdown]
+# What it still cannot show: every subject is the same average brain underneath, so real inter-subject variability
+# (folding patterns, ventricle size, pathology) is absent, and scanners differ in more than gamma, bias, blur and
+# noise. That is why chapter 11 also runs its models on pairs unlike their training data, and why a model that
+# scores well here has still to prove itself on real subjects (LPBA40, below).
 
 # %% [markdown]
 # ## NIfTI with nibabel
@@ -567,6 +668,55 @@ for s in sequences:
 # generator renews part of the speckle in every frame (about 12 % of its power in tissue, all of it in the blood
 # pool), as real speckle decorrelates when tissue deforms and blood flows, and interpolation smooths the rest.
 #
+# ### Wider scans: `variability="wide"`
+#
+# A model trained on one simulator setting meets real clips that differ in ways the simulator never varied. With
+# `variability="wide"` every sequence draws its own scan and display settings: sector width and depth, heart size,
+# speckle size, how hazy the cavity is, logarithmic display compression, noise, blur and the motion amplitude
+# (0.7-1.3x). The shipped echo models train on it (`configs/echo2d_wide_*.yaml`). The labels are made as before,
+# so the proof above holds for it too, with one twist: a larger heart in a narrower or shallower sector can reach
+# past the sector's edge, and tissue that enters the sector during the cycle is labelled at frame $t$ but was cut
+# off in `labels[0]`. So the check allows exactly the pixels whose source point $p + u(p)$ lies outside the
+# sector (the pixels no frame lights up), and counts them:
+
+# %% tags=["nbval-check-output"]
+wide = load_dataset(
+    "echo2d-synthetic",
+    "test",
+    seed=seed,
+    num_sequences=echo_sequences,
+    frames=echo_frames,
+    image_size=echo_size,
+    variability="wide",
+)
+wide_sequences = list(wide.sequences())
+for s in wide_sequences:
+    warped_labels = sm.warp(
+        s["labels"][:1].float().expand(echo_frames, -1, -1, -1),
+        s["flows"],
+        mode="nearest",
+    ).long()
+    sector = (s["frames"].amax(dim=0) > 0).float()[None]  # (1, 1, H, W)
+    from_sector = (
+        sm.warp(sector.expand(echo_frames, -1, -1, -1), s["flows"], mode="nearest")
+        > 0.5
+    )
+    differ = warped_labels != s["labels"]
+    assert not (differ & from_sector).any()
+    print(
+        f"wide {s['view']}: labels[t] == warp(labels[0], flows[t]) wherever the source "
+        f"lies in the sector; {int(differ.sum())} pixels entered the sector"
+    )
+
+# %%
+fig, axes = plt.subplots(2, len(sequences), figsize=(3.2 * len(sequences), 6.6))
+for j, (a, b) in enumerate(zip(sequences, wide_sequences)):
+    for i, (name, s) in enumerate((("standard", a), ("wide", b))):
+        show_echo(axes[i, j], s["frames"][0], s["labels"][0], f"{name}: {s['view']} ED")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
 # ## echo2d-clip: a real cine, in DICOM
 #
 # Ultrasound scanners store cines as DICOM files. pydicom ships one as an example: an apical four-chamber view, 30
@@ -670,7 +820,8 @@ except ValueError as err:
 # ## All datasets at a glance
 #
 # Counts, image sizes and label fractions, measured here at this page's (small) parameters. Label fractions count
-# every labelled frame: the moving images plus the atlas once for brain2d, every frame of every sequence for the
+# every labelled frame: the moving images plus the atlas once for brain2d (for brain2d-subjects, whose fixed images
+# differ too, the moving images plus the first fixed one), every frame of every sequence for the
 # echo sets.
 
 
@@ -718,6 +869,14 @@ for split in ("train", "val", "test"):
 for split in ("train", "val", "test"):
     rows.append(
         (
+            "brain2d-subjects",
+            split,
+            load_dataset("brain2d-subjects", split, seed=seed, num_pairs=brain_pairs),
+        )
+    )
+for split in ("train", "val", "test"):
+    rows.append(
+        (
             "echo2d-synthetic",
             split,
             load_dataset(
@@ -732,13 +891,13 @@ for split in ("train", "val", "test"):
     )
 rows.append(("echo2d-clip", "test", clip))
 print(
-    f"{'dataset':<17}{'split':<6}{'pairs':>6}{'seqs':>6}{'size':>11}   label fractions "
+    f"{'dataset':<18}{'split':<6}{'pairs':>6}{'seqs':>6}{'size':>11}   label fractions "
     "(0, 1, ...)"
 )
 for name, split, ds in rows:
     d = describe(ds)
     print(
-        f"{name:<17}{split:<6}{d['pairs']:>6}{d['sequences']:>6}{d['size']:>11}   "
+        f"{name:<18}{split:<6}{d['pairs']:>6}{d['sequences']:>6}{d['size']:>11}   "
         f"{d['label fractions (0, 1, ...)']}"
     )
 
@@ -810,9 +969,12 @@ except FileNotFoundError as err:
 # %% [markdown]
 # ## What we built
 #
-# - `load_dataset` for `brain2d` (MNI152 atlas pairs, 4 tissue labels), `echo2d-synthetic` (2CH/3CH/4CH cine loops
-#   with exact labels and true fields) and `echo2d-clip` (a real DICOM A4C cine), each with its limits stated.
+# - `load_dataset` for `brain2d` (MNI152 atlas pairs, 4 tissue labels), `brain2d-subjects` (pairs of virtual
+#   subjects with random contrasts and artifacts, splits with a 3 mm gap), `echo2d-synthetic` (2CH/3CH/4CH cine
+#   loops with exact labels and true fields, standard or wide scan settings) and `echo2d-clip` (a real DICOM A4C
+#   cine), each with its limits stated.
 # - NIfTI (affine, orientation) with nibabel and DICOM (tags, ultrasound regions, frames) with pydicom.
-# - Proofs that the labels are exact: warped source labels for brain2d, warped ED labels for every echo frame.
+# - Proofs that the labels are exact: warped source labels for brain2d and for every virtual subject, warped ED
+#   labels for every echo frame; the gap between the brain2d-subjects splits, checked slice by slice.
 #
 # [Next: 2. Warping](02_warping.ipynb)

@@ -95,3 +95,19 @@ def test_near_copy_table_equals_the_brute_force_over_every_pair_of_images(datase
                 best_mse = min(best_mse, ((a["moving"] - b["moving"]) ** 2).mean().item())
         assert table[split]["max_label_dice"] == pytest.approx(best_dice, abs=1e-6)
         assert table[split]["min_mse"] == pytest.approx(best_mse, abs=1e-6)
+
+
+def test_sample_returns_the_item_and_the_fields_that_made_its_labels(small):
+    from searchmorph_lite.transform import warp
+
+    for i in range(3):
+        item, s = small[i], small.sample(i)
+        assert all(torch.equal(item[k], s[k]) for k in ("moving", "fixed", "moving_labels", "fixed_labels"))
+        for side in ("moving", "fixed"):
+            source = small.source_labels(s[f"{side}_z_mm"])[None].float()
+            rebuilt = warp(source, s[f"{side}_flow"][None], mode="nearest")[0].long()
+            assert torch.equal(rebuilt, s[f"{side}_labels"]), (i, side)
+    with pytest.raises(ValueError, match="z_mm must be one of this split's slices"):
+        small.source_labels(1000)
+    with pytest.raises(IndexError, match="out of range"):
+        small.sample(len(small))

@@ -251,11 +251,33 @@ class BrainSubjects2D(Dataset):
         near = [j for j in (k - 1, k, k + 1) if 0 <= j < len(self.z_mm) and abs(self.z_mm[j] - self.z_mm[k]) <= 1]
         return int(rng.choice(near))
 
-    def _subject(self, rng: np.random.Generator, k: int, contrast: dict, deformed: bool) -> tuple[torch.Tensor, ...]:
+    def sample(self, index: int) -> dict[str, Any]:
+        """Item ``index`` with "moving_flow" and "fixed_flow" (2, H, W): the fields that made the two subjects.
+
+        ``moving_labels = warp(source_labels, moving_flow, "nearest")`` where the source is the template slice at
+        "moving_z_mm" (:func:`load_subject_slab`, resized to the image size), likewise for the fixed subject; the
+        flows are not the answer to the registration, which also has to undo the slice difference.
+        """
+        if not 0 <= index < self.num_pairs:
+            raise IndexError(f"index {index} out of range for {self.name} {self.split} with {self.num_pairs} pairs")
+        with single_thread():
+            return self._pair(index, with_flows=True)
+
+    def source_labels(self, z_mm: int) -> torch.Tensor:
+        """Label map (1, H, W) int64 of the undeformed template slice at ``z_mm`` (one of this split's slices)."""
+        if z_mm not in self.z_mm:
+            raise ValueError(f"z_mm must be one of this split's slices {list(self.z_mm)}, got {z_mm!r}")
+        return self._labels[list(self.z_mm).index(z_mm)].clone()
+
+    def _subject(
+        self, rng: np.random.Generator, k: int, contrast: dict, deformed: bool, flows: list | None = None
+    ) -> tuple[torch.Tensor, ...]:
         if deformed:
             flow = subject_deformation(rng, self.image_size, self.max_displacement * self._pixel_scale)[None]
         else:
             flow = torch.zeros(1, 2, *self.image_size)
+        if flows is not None:
+            flows.append(flow[0])
         maps = {name: warp(v[k : k + 1], flow)[0, 0] for name, v in self._maps.items()}
         labels = warp(self._labels[k : k + 1].float(), flow, mode="nearest")[0].long()
         if contrast["kind"] == "synthetic":
@@ -272,14 +294,16 @@ class BrainSubjects2D(Dataset):
             image = _artifacts(rng, image)
         return _rescale(image)[None], labels
 
-    def _pair(self, index: int) -> dict[str, Any]:
+    def _pair(self, index: int, with_flows: bool = False) -> dict[str, Any]:
         rng = rng_for(self.seed, SPLIT_CODES[self.split], index, 7)
         k = index % len(self.z_mm)  # cycle through the split's slices so each is used evenly
         j = self._partner(rng, k)
         kind = self.contrast if self.contrast != "mixed" else ("synthetic" if rng.random() < 0.5 else "t1")
         contrast = {"kind": kind, **dict(zip(("csf", "gm", "wm"), rng.uniform(0.05, 1.0, size=3).tolist()))}
-        moving, moving_labels = self._subject(rng, k, contrast, deformed=True)
-        fixed, fixed_labels = self._subject(rng, j, contrast, deformed=self.deform == "both")
+        flows: list | None = [] if with_flows else None
+        moving, moving_labels = self._subject(rng, k, contrast, deformed=True, flows=flows)
+        fixed, fixed_labels = self._subject(rng, j, contrast, deformed=self.deform == "both", flows=flows)
+        extra = {"moving_flow": flows[0], "fixed_flow": flows[1]} if flows is not None else {}
         return {
             "moving": moving,
             "fixed": fixed,
@@ -289,6 +313,7 @@ class BrainSubjects2D(Dataset):
             "moving_z_mm": int(self.z_mm[k]),
             "fixed_z_mm": int(self.z_mm[j]),
             "contrast": kind,
+            **extra,
         }
 
 
