@@ -200,9 +200,14 @@ print(
 # ## The models: pretrained, or trained here
 #
 # Table I compares models trained with the same data and budget. The shipped `brain2d` and `brain2d-voxelmorph`
-# were trained on `brain2d-subjects` (new pairs every epoch, both images deformed, T1 or random per-tissue contrast,
-# bias, blur, noise) for the same number of CPU seconds of training steps, one thread each, on this project's
-# CPU. Or both networks come from your own runs (`checkpoints`), or both are trained here for `train_seconds` CPU
+# were trained on `brain2d-subjects` (new pairs every epoch, both images deformed, T1 or random per-tissue
+# contrast, bias, blur, noise) for the same number of CPU seconds of training steps, one thread each, on this
+# project's CPU. A run resumed with a changed setting records it, and the cell after the curves prints it:
+# SearchMorph's budget was raised once, and part-way its loss gained a folding barrier,
+# $\lambda \cdot \mathrm{mean}(\mathrm{relu}(0.1 - \det(I + \nabla u)))$ on every iteration's field
+# (`TrainConfig.fold_weight` $= \lambda$; the same barrier that refinement uses below), with $\lambda$ chosen in a
+# one-epoch pilot on validation pairs (`configs/brain2d_subjects_searchmorph.yaml` records the pilot's numbers).
+# Or both networks come from your own runs (`checkpoints`), or both are trained here for `train_seconds` CPU
 # seconds each. We never mix the sources.
 
 
@@ -307,6 +312,13 @@ for kind, model in models.items():
             f"{kind:<12} {sum(h['cpu_seconds']):,.0f} CPU s, {len(h['cpu_seconds'])} "
             f"epochs, {pairs_text}, last validation Dice {h['val_dice'][-1]:.3f}"
         )
+        for change in md.get("config_changes") or []:  # resumes with a changed config
+            print(
+                f"{'':<12} from epoch {change['from_epoch']}: "
+                + ", ".join(
+                    f"{k} {old} -> {new}" for k, (old, new) in change["changes"].items()
+                )
+            )
 
 # %% [markdown]
 # ## The test pairs and the scores
