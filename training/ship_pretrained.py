@@ -74,8 +74,12 @@ def describe_run(ckpt: dict, hardware: str) -> dict:
         "pairs_seen": pairs_seen(history, len(train_set)),
         "epochs": epochs,
         "batch_size": cfg.batch_size,
-        "loss": f"{cfg.similarity.upper()} + {cfg.alpha:g} * L2 gradient (eq. 9), iteration weight "
-        f"{cfg.iteration_weight:g}",
+        "loss": f"{cfg.similarity.upper()} + {cfg.alpha:g} * L2 gradient"
+        + (f" + {cfg.fold_weight:g} * folding barrier" if cfg.fold_weight else "")
+        + (" (eq. 9 + mean(relu(0.1 - det J)))" if cfg.fold_weight else " (eq. 9)")
+        + f", iteration weight {cfg.iteration_weight:g}"
+        + (f", {'-'.join(map(str, cfg.train_iterations))} iterations per step" if cfg.train_iterations else ""),
+        "config_changes": list(ckpt["metadata"].get("config_changes") or []),
         "optimizer": f"Adam, lr {cfg.lr:g}",
         "train_config": {**tc, "epochs": epochs},
         "history": history,
@@ -123,7 +127,7 @@ def refined_test_metrics(model: torch.nn.Module, dataset: str, options: dict, st
     return {"test_dice_refined": float(np.mean(dices)), "test_folding_refined": float(np.mean(folds))}
 
 
-def ship(run: Path, name: str, hardware: str, refine_steps: int = 0) -> Path:
+def ship(run: Path, name: str, hardware: str, refine_steps: int = 0, note: str = "") -> Path:
     """Write ``searchmorph_lite/pretrained/<name>.pt`` from ``run/checkpoint.pt``; return its path.
 
     ``refine_steps`` > 0 is the refinement recommended for the model (``metadata["refine_steps"]``, which
@@ -141,6 +145,8 @@ def ship(run: Path, name: str, hardware: str, refine_steps: int = 0) -> Path:
         meta["refine_steps"] = int(refine_steps)
         meta.update(refined_test_metrics(model, meta["dataset"], meta["dataset_options"], refine_steps))
     meta["name"] = name
+    if note:
+        meta["note"] = note.rstrip(".")
     out = pretrained_path(name)
     sm.save_checkpoint(out, model, metadata=meta)
     sm.load_pretrained(name, device="cpu")  # the shipped file must load with weights_only=True
@@ -199,6 +205,19 @@ def write_model_card() -> Path:
             *([f"- Pairs seen in training: {md['pairs_seen']:,}."] if md.get("pairs_seen") else []),
             *(
                 [
+                    "- Settings changed on resume: "
+                    + "; ".join(
+                        f"from epoch {c['from_epoch']}, "
+                        + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in c["changes"].items())
+                        for c in md["config_changes"]
+                    )
+                    + "."
+                ]
+                if md.get("config_changes")
+                else []
+            ),
+            *(
+                [
                     f"- Recommended test-time refinement: {md['refine_steps']} steps (`register(..., "
                     f'refine_steps="auto")`, `--refine auto`); test Dice with it '
                     f"{_fmt(md.get('test_dice_refined'))}, % folding {_fmt(md.get('test_folding_refined'))}."
@@ -231,13 +250,14 @@ def main() -> None:
     parser.add_argument("--hardware", help="how the run was trained: CPU, threads, what shared the machine")
     parser.add_argument("--card-only", action="store_true")
     parser.add_argument("--refine-steps", type=int, default=0, help="refinement steps recommended for the model")
+    parser.add_argument("--note", default="", help="a sentence for the model card (how the model is used)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if not args.card_only:
         if not (args.run and args.name and args.hardware):
             parser.error("--run, --name and --hardware are required unless --card-only")
         base = f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
-        print("wrote", ship(args.run, args.name, f"{base}; {args.hardware}", args.refine_steps))
+        print("wrote", ship(args.run, args.name, f"{base}; {args.hardware}", args.refine_steps, args.note))
     print("wrote", write_model_card())
 
 
