@@ -617,7 +617,9 @@ for hardware in sorted({c["hardware"] for c in cards.values()}):
 
 # %% [markdown]
 # The full model card, with every configuration, is `searchmorph_lite/pretrained/MODEL_CARD.md`. Validation Dice
-# after each epoch, as `train` stored it (16 validation pairs, never the test pairs):
+# after each epoch, as `train` stored it (the first `val_pairs` validation pairs, never the test pairs), against
+# the CPU seconds of training steps where every run of a panel recorded them (else against the epoch): models
+# trained for the same seconds then end at the same x, however many epochs each ran.
 
 # %%
 datasets = sorted({c["dataset"] for c in cards.values()})
@@ -630,17 +632,27 @@ if datasets:
         squeeze=False,
     )
     for ax, data in zip(axes[0], datasets):
-        for name, c in cards.items():
-            if c["dataset"] == data:
-                h = c["history"]
-                ax.plot(
-                    h["epoch"],
-                    h["val_dice"],
-                    "o-" if c["model"] == "SearchMorph" else "s--",
-                    label=name,
-                )
+        panel = {n: c for n, c in cards.items() if c["dataset"] == data}
+        by_seconds = all(
+            c["history"].get("cpu_seconds")
+            and None not in c["history"]["cpu_seconds"]
+            and len(c["history"]["cpu_seconds"]) == len(c["history"]["val_dice"])
+            for c in panel.values()
+        )
+        for name, c in panel.items():
+            h = c["history"]
+            x = np.cumsum(h["cpu_seconds"]) if by_seconds else h["epoch"]
+            ax.plot(
+                x,
+                h["val_dice"],
+                "o-" if c["model"] == "SearchMorph" else "s--",
+                ms=3,
+                label=name,
+            )
         ax.set(
-            xlabel="epoch", ylabel="validation mean Dice", title=f"Pretrained on {data}"
+            xlabel="CPU seconds of training steps" if by_seconds else "epoch",
+            ylabel="validation mean Dice",
+            title=f"Pretrained on {data}",
         )
         ax.legend(fontsize=8)
     plt.show()

@@ -39,14 +39,14 @@ def _shipped(name):
     return load_pretrained(name, device="cpu")
 
 
-def _label_dice_through_register(model, item):
+def _label_dice_through_register(model, item, **register_kwargs):
     """(Dice before, Dice after) of one labelled pair registered with the numpy API (normalize, pad, crop)."""
     import torch
 
     from searchmorph_lite import dice, warp
 
     labels = [int(v) for v in torch.unique(item["fixed_labels"]) if v != 0]
-    _, flow = register(item["moving"][0].numpy(), item["fixed"][0].numpy(), model)
+    _, flow = register(item["moving"][0].numpy(), item["fixed"][0].numpy(), model, **register_kwargs)
     warped = warp(item["moving_labels"][None].float(), torch.from_numpy(flow)[None], mode="nearest").round().long()
     before = dice(item["moving_labels"][None], item["fixed_labels"][None], labels).nanmean().item()
     after = dice(warped, item["fixed_labels"][None], labels).nanmean().item()
@@ -55,13 +55,25 @@ def _label_dice_through_register(model, item):
 
 @pytest.mark.parametrize("name", ["brain2d", "brain2d-voxelmorph"])
 def test_brain_models_improve_dice_on_unseen_pairs_of_another_size(name):
-    # other random deformations than the embedded splits (seed 123) at a size the models never saw in training
+    # virtual subjects of the held-out test slabs with other seeds than the embedded split (123), at a size the
+    # models never saw in training
     from searchmorph_lite.data import load_dataset
 
     model = _shipped(name)
-    pairs = load_dataset("brain2d", "test", seed=123, num_pairs=6, image_size=(176, 144))
+    pairs = load_dataset("brain2d-subjects", "test", seed=123, num_pairs=6, image_size=(176, 144))
     scores = np.array([_label_dice_through_register(model, pairs[i]) for i in range(len(pairs))])
     assert scores[:, 1].mean() > scores[:, 0].mean() + 0.02, scores
+
+
+def test_brain2d_recommends_a_refinement_that_raises_dice_on_unseen_pairs():
+    from searchmorph_lite.data import load_dataset
+
+    model = _shipped("brain2d")
+    assert model.metadata.get("refine_steps", 0) > 0, "brain2d records no recommended refinement"
+    pairs = load_dataset("brain2d-subjects", "test", seed=321, num_pairs=3)
+    alone = [_label_dice_through_register(model, pairs[i])[1] for i in range(len(pairs))]
+    refined = [_label_dice_through_register(model, pairs[i], refine_steps="auto")[1] for i in range(len(pairs))]
+    assert np.mean(refined) > np.mean(alone), (alone, refined)
 
 
 @pytest.mark.parametrize("name", ["echo2d", "echo2d-voxelmorph"])
@@ -97,7 +109,7 @@ def test_model_card_of_a_shipped_model_names_its_data_budget_and_hardware():
     from searchmorph_lite.provenance import card_of, describe
 
     card = card_of(load_pretrained("brain2d", device="cpu"))
-    assert card["data"] == "brain2d" and len(card["image_size"]) == 2 and card["pairs"] > 0
+    assert card["data"] == "brain2d-subjects" and len(card["image_size"]) == 2 and card["pairs"] > 0
     assert card["epochs"] >= 1 and card["batch_size"] >= 1 and card["seconds"] > 0
     line = describe("SearchMorph", card)
-    assert line.startswith("SearchMorph: pretrained, brain2d ") and f"{card['pairs']} pairs" in line
+    assert line.startswith("SearchMorph: pretrained, brain2d-subjects ") and f"{card['pairs']} pairs" in line
