@@ -41,8 +41,10 @@ BRAIN_SETS = {
 }
 
 
-def methods(kind: str, refine: list[int], runs: dict) -> tuple[dict, object]:
+def methods(kind: str, refine: list[int], runs: dict, provenance: dict | None = None) -> tuple[dict, object]:
     """({name: method}, SearchMorph) for brain or echo: Identity, ANTs SyN, VoxelMorph, SearchMorph (+ refinement).
+
+    ``provenance`` (if given) receives each network's one-line card (``searchmorph_lite.provenance.describe``).
 
     The networks see the datasets' images as in training (``normalize=False``: they are scaled already)."""
     import searchmorph_lite as sm
@@ -54,6 +56,12 @@ def methods(kind: str, refine: list[int], runs: dict) -> tuple[dict, object]:
 
     base = "brain2d" if kind == "brain" else "echo2d"
     vm, smodel = load(f"{base}-voxelmorph"), load(base)
+    if provenance is not None:
+        from searchmorph_lite.provenance import card_of, describe
+
+        for name, model in ((f"{base}-voxelmorph", vm), (base, smodel)):
+            source = f"training checkpoint {runs[name]}" if name in runs else "pretrained"
+            provenance[name] = describe(name, card_of(model, source=source))
     out = {
         "Identity": identity_method,
         "ANTs SyN": ants_method("SyN", seed=1),
@@ -75,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     what = "use CHECKPOINT for the pretrained NAME (e.g. brain2d training/x/checkpoint.pt)"
     parser.add_argument("--run", nargs=2, action="append", default=[], metavar=("NAME", "CHECKPOINT"), help=what)
     parser.add_argument("--out", default=str(HERE / "transfer_results"))
+    parser.add_argument("--markdown-only", action="store_true", help="rewrite --out.md from --out.json; run nothing")
     args = parser.parse_args(argv)
     from searchmorph_lite.data import load_dataset
     from searchmorph_lite.data.common import atomic_write_text
@@ -82,16 +91,24 @@ def main(argv: list[str] | None = None) -> dict:
 
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if args.markdown_only:
+        if not out.with_suffix(".json").is_file():
+            parser.error(f"--markdown-only: no results at {out.with_suffix('.json')} (run the benchmark first)")
+        atomic_write_text(out.with_suffix(".md"), markdown(json.loads(out.with_suffix(".json").read_text())))
+        return {}
     runs = dict(args.run)
+    command = " ".join(["python benchmarks/transfer.py", *(argv if argv is not None else sys.argv[1:])])
     results: dict = {"threads": args.threads, "load_at_start": os.getloadavg()[0], "torch": torch.__version__,
                      "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-                     "sets": {}, "iterations": {}}  # fmt: skip
+                     "command": command,
+                     "models": {}, "sets": {}, "iterations": {}}  # fmt: skip
     sets = {name: ("brain", load_dataset("brain2d-subjects", "test", num_pairs=args.pairs, **opts))
             for name, opts in BRAIN_SETS.items()}  # fmt: skip
     sets["echo clip"] = ("echo", load_dataset("echo2d-clip", "test"))
     for set_name, (kind, data) in sets.items():
         pairs = [data[i] for i in range(len(data))]
-        table, model = methods(kind, args.refine, runs)
+        table, model = methods(kind, args.refine, runs, results["models"])
         results["sets"][set_name] = {"kind": kind, "pairs": len(pairs), "methods": {}}
         for name, method in table.items():
             row = run_method(method, pairs, labels=LABELS if kind == "brain" else None)
@@ -105,7 +122,6 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{set_name:<18} SearchMorph, {n} iterations: " + ", ".join(
                 f"{k[:-5]} {v:.4f}" for k, v in row.items() if k.endswith("_mean")), flush=True)  # fmt: skip
     results["load_at_end"] = os.getloadavg()[0]
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out.with_suffix(".json"), json.dumps(results, indent=1) + "\n")
     atomic_write_text(out.with_suffix(".md"), markdown(results))
@@ -114,8 +130,18 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def markdown(results: dict) -> str:
-    """The tables as Markdown: one per set (methods) and the iteration sweep."""
-    lines = []
+    """The tables as Markdown: where they were measured, then one per set (methods) and the iteration sweep."""
+    lines = [
+        f"Measured on {results['machine']}, torch {results['torch']}, {results['threads']} thread(s) for torch and"
+        f" ITK, load average {results['load_at_start']:.2f} at the start and {results['load_at_end']:.2f} at the end"
+        + (f"; `{results['command']}`" if results.get("command") else "")
+        + ". Seconds are means over the pairs.",
+        "",
+    ]
+    for line in results.get("models", {}).values():
+        lines.append(f"- {line}")
+    if results.get("models"):
+        lines.append("")
     for set_name, block in results["sets"].items():
         lines += [f"### {set_name} ({block['pairs']} pairs)", "", "| method | Dice | NCC | folding % | s / pair |",
                   "|---|---|---|---|---|"]  # fmt: skip

@@ -46,3 +46,30 @@ def test_unlabelled_pairs_get_ncc_and_folding_only_and_folded_fields_count():
     with pytest.raises(ValueError, match="at least one pair"):
         run_method(identity_method, [])
     assert torch.is_tensor(pair["moving"])  # the pair is left as it was
+
+
+def test_transfer_benchmark_markdown_names_where_and_with_what_it_was_measured(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "transfer.py"
+    spec = importlib.util.spec_from_file_location("transfer_benchmark", path)
+    transfer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(transfer)
+    row = {"dice_mean": 0.8123, "ncc_mean": 0.9, "folding_mean": 0.013, "seconds_mean": 0.24}
+    results = {
+        "threads": 1, "load_at_start": 0.1, "load_at_end": 1.0, "torch": "x", "machine": "m, 2 cores",
+        "command": "python benchmarks/transfer.py --pairs 3", "models": {"brain2d": "brain2d: pretrained, ..."},
+        "sets": {"far slices": {"kind": "brain", "pairs": 3, "methods": {"SearchMorph": row}}},
+        "iterations": {"echo clip": {"12": {"ncc_mean": 0.5, "folding_mean": 1.5}}},
+    }  # fmt: skip
+    out = tmp_path / "t"
+    out.with_suffix(".json").write_text(json.dumps(results))
+    transfer.main(["--markdown-only", "--out", str(out)])
+    md = out.with_suffix(".md").read_text()
+    assert md.startswith("Measured on m, 2 cores, torch x, 1 thread(s)")
+    assert "`python benchmarks/transfer.py --pairs 3`" in md
+    assert "- brain2d: pretrained, ..." in md
+    assert "### far slices (3 pairs)" in md and "| SearchMorph | 0.812 | 0.900 | 0.013 | 0.24 |" in md
+    assert "| echo clip | 12 | - | 0.500 | 1.500 |" in md
