@@ -21,7 +21,8 @@ def test_a_format_1_checkpoint_loads_and_gives_the_field_it_gave_then():
     with torch.no_grad():
         flow = model(expected["moving"], expected["fixed"]).flow
     assert flow.abs().max() > 1.0
-    assert torch.equal(flow, expected["flow"])
+    # not bit for bit: the thread count changes the order of float sums (2.6e-5 px apart at 1 vs 2 threads)
+    torch.testing.assert_close(flow, expected["flow"], rtol=0, atol=1e-3)
 
 
 def test_upgraded_state_dict_has_the_trunk_once_and_resaves_in_the_new_format(tmp_path):

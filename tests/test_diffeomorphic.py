@@ -92,7 +92,9 @@ def test_default_model_has_no_velocity_and_old_checkpoints_keep_their_field():
     with torch.no_grad():
         out = model(expected["moving"], expected["fixed"])
     assert out.velocity is None
-    assert torch.equal(out.flow, expected["flow"])  # stored by the 0.1 code: the default path is unchanged
+    # stored by the 0.1 code: the default path is unchanged (up to the order of float sums, which the number of
+    # threads changes)
+    torch.testing.assert_close(out.flow, expected["flow"], rtol=0, atol=1e-3)
 
 
 def test_a_diffeomorphic_checkpoint_round_trips(tmp_path):
