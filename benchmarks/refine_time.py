@@ -60,7 +60,12 @@ def main(argv: list[str] | None = None) -> dict:
     if not dataset:
         parser.error("the model's metadata names no dataset; pass --dataset")
     size = tuple(card.get("image_size") or ()) or None
-    data = load_dataset(dataset, args.split, num_pairs=args.pairs, **({"image_size": size} if size else {}))
+    options: dict = {"image_size": size} if size else {}
+    if not args.dataset:  # the model's own data: its validation options (e.g. echo's variability "wide")
+        tc = (model.metadata or {}).get("train_config", {})
+        options.update({k: v for k, v in {**tc.get("dataset_options", {}), **tc.get("val_options", {})}.items()
+                        if k not in ("num_pairs", "seed", "image_size")})  # fmt: skip
+    data = load_dataset(dataset, args.split, num_pairs=args.pairs, **options)
     pairs = [data[i] for i in range(min(args.pairs, len(data)))]
     methods = {"ANTs SyN": ants_method("SyN", seed=1)}
     for n in args.steps:
@@ -96,10 +101,12 @@ def main(argv: list[str] | None = None) -> dict:
         "image_size": list(pairs[0]["fixed"].shape[1:]), "threads": args.threads,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "torch": torch.__version__, "load_at_start": load_at_start, "load_at_end": os.getloadavg()[0],
-        "methods": summary, "per_pair": rows,
+        "dataset_options": {k: v for k, v in options.items() if k != "image_size"}, "methods": summary,
+        "per_pair": rows,
     }  # fmt: skip
     out = Path(args.out or HERE / f"refine_time_{args.model}")
-    lines = [f"{results['model']} on {dataset} {args.split}, {len(pairs)} pairs at "
+    extra = ", ".join(f"{k} {v}" for k, v in results["dataset_options"].items())
+    lines = [f"{results['model']} on {dataset}{f' ({extra})' if extra else ''} {args.split}, {len(pairs)} pairs at "
              f"{' x '.join(map(str, results['image_size']))}, {args.threads} thread(s), {results['machine']}, "
              f"paired and interleaved", "",
              "| method | Dice | NCC | % folding | s / pair (median) | time / SyN (median of pairs) |",
