@@ -593,7 +593,10 @@ def _train_loop(
         history = _main_history(history, info)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         digest = state_digest(type(model).__name__, model.config.to_dict(), state)
-        print(f"rank {info.rank}/{info.world_size}: {steps} steps, weights sha256 {digest}", file=sys.stderr)
+        # one write with its newline (print writes the end separately): the ranks share stderr, and a line written
+        # in two pieces can be cut by another rank's line
+        sys.stderr.write(f"rank {info.rank}/{info.world_size}: {steps} steps, weights sha256 {digest}\n")
+        sys.stderr.flush()
     return history
 
 

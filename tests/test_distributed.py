@@ -32,7 +32,8 @@ TINY = dict(
     batch_size=2,  # per process: 8 pairs on 2 processes are 2 steps of 2 pairs each
     val_pairs=1,
 )
-RANK_LINE = re.compile(r"^rank (\d+)/(\d+): (\d+) steps, weights sha256 ([0-9a-f]{64})$", re.MULTILINE)
+# not anchored to line starts: the ranks share stderr, and another rank's output may sit on the same line
+RANK_LINE = re.compile(r"rank (\d+)/(\d+): (\d+) steps, weights sha256 ([0-9a-f]{64})(?![0-9a-f])")
 TORCHRUN_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
