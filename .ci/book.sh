@@ -6,7 +6,8 @@
 #      (.ci/notebook_header.py --check), and code cells are at most 88 columns (ruff E501, notebooks/ruff.toml).
 #   1. papermill (.ci/run_notebook.py): every notebooks/NN_*.ipynb in order, at the defaults of its `parameters`
 #      cell (the CI scale), into _build/executed/. Seconds per notebook go to the log and _build/notebook_times.tsv.
-#   2. nbval: pytest --nbval-lax on the stored (committed) notebooks: re-runs them and compares the cells tagged
+#   2. nbval (run beside step 1, both on one thread per process, so the 2 cores do both at once):
+#      pytest --nbval-lax on the stored (committed) notebooks: re-runs them and compares the cells tagged
 #      nbval-check-output with their stored outputs (notebooks/sanitize.cfg masks addresses and timings). It runs
 #      with one thread (OMP_NUM_THREADS=1), while the stored outputs are written with PyTorch's default (all
 #      cores): a checked cell prints only digits that this change, and other machines, cannot reach. Then
@@ -33,7 +34,7 @@ START=$(date +%s)
 declare -A STAGE_SECONDS=()
 now() { date +%s.%N; }
 since() { python -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(now)"; }
-fail() { echo "book: FAILED: $*" >&2; summary; exit 1; }
+fail() { echo "book: FAILED: $*" >&2; [ -n "${nbval_pid:-}" ] && kill "$nbval_pid" 2>/dev/null; summary; exit 1; }
 summary() {
   echo "== stage seconds:"; for k in tools papermill nbval build wheel colab browser; do
     [ -n "${STAGE_SECONDS[$k]:-}" ] && printf '   %-10s %8s s\n' "$k" "${STAGE_SECONDS[$k]}"; done
@@ -62,6 +63,17 @@ ruff check --config notebooks/ruff.toml --select E501 "${notebooks[@]}" \
   || fail "chapter code lines over 88 columns (the rendered page clips them)"
 STAGE_SECONDS[tools]=$(since "$t")
 
+# 2 runs beside 1: nbval on the stored notebooks while papermill writes its own copies, each on one thread
+# (OMP_NUM_THREADS=1; the later chapters also set torch's threads from their `threads` parameter). They share no
+# files: the chapters write only to temporary folders. nbval's output is printed after papermill's.
+t_nbval=$(now)
+rm -f "$BUILD/nbval.log" "$BUILD/nbval.rc"
+mkdir -p "$BUILD"
+( OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m pytest --nbval-lax --nbval-current-env \
+    --nbval-cell-timeout="$CELL_TIMEOUT" --sanitize-with notebooks/sanitize.cfg -p no:cacheprovider -q \
+    "${notebooks[@]}" > "$BUILD/nbval.log" 2>&1; echo $? > "$BUILD/nbval.rc" ) &
+nbval_pid=$!
+
 # 1. papermill -----------------------------------------------------------------------------------------------------
 t=$(now)
 echo "== 1/4 papermill: ${#notebooks[@]} notebooks, CI-scale parameters${BOOK_PARAMS:+ + $BOOK_PARAMS}"
@@ -75,7 +87,8 @@ for nb in "${notebooks[@]}"; do
   name=$(basename "$nb" .ipynb)
   t_nb=$(now)
   # papermill with a fix for a lost asyncio wake-up that can stall a finished cell until its timeout
-  if python .ci/run_notebook.py "$nb" "$BUILD/executed/$name.ipynb" -k python3 --cwd notebooks \
+  if OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python .ci/run_notebook.py "$nb" "$BUILD/executed/$name.ipynb" \
+      -k python3 --cwd notebooks \
       --timeout "$CELL_TIMEOUT" "${extra[@]}" > "$BUILD/executed/$name.log" 2>&1; then
     status=ok
   else
@@ -92,14 +105,13 @@ done
 STAGE_SECONDS[papermill]=$(since "$t")
 echo "papermill: ${#failed[@]} failed; times in $times"
 
-# 2. nbval on the stored notebooks ---------------------------------------------------------------------------------
-t=$(now)
+# 2. nbval on the stored notebooks (started before papermill, above) ----------------------------------------------
 echo "== 2/4 nbval (pytest --nbval-lax) on the stored notebooks"
-OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m pytest --nbval-lax --nbval-current-env \
-  --nbval-cell-timeout="$CELL_TIMEOUT" --sanitize-with notebooks/sanitize.cfg -p no:cacheprovider -q "${notebooks[@]}"
-nbval_status=$?
+wait "$nbval_pid"
+cat "$BUILD/nbval.log"
+nbval_status=$(cat "$BUILD/nbval.rc" 2>/dev/null || echo 1)
 python .ci/nbval_sensitivity.py || nbval_status=1
-STAGE_SECONDS[nbval]=$(since "$t")
+STAGE_SECONDS[nbval]=$(since "$t_nbval")
 
 if [ ${#failed[@]} -gt 0 ]; then
   fail "papermill failed for: ${failed[*]} (skipping the build: it would execute them again and fail)"
