@@ -62,9 +62,10 @@ def main(argv: list[str] | None = None) -> dict:
     size = tuple(card.get("image_size") or ()) or None
     options: dict = {"image_size": size} if size else {}
     if not args.dataset:  # the model's own data: its validation options (e.g. echo's variability "wide")
+        from searchmorph_lite.train import validation_options
+
         tc = (model.metadata or {}).get("train_config", {})
-        options.update({k: v for k, v in {**tc.get("dataset_options", {}), **tc.get("val_options", {})}.items()
-                        if k not in ("num_pairs", "seed", "image_size")})  # fmt: skip
+        options = {**validation_options(tc.get("dataset_options", {}), tc.get("val_options", {})), **options}
     data = load_dataset(dataset, args.split, num_pairs=args.pairs, **options)
     pairs = [data[i] for i in range(min(args.pairs, len(data)))]
     methods = {"ANTs SyN": ants_method("SyN", seed=1)}

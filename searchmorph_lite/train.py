@@ -355,6 +355,12 @@ def _check_resume(ckpt: dict, cfg: TrainConfig, path: Path, allow_config_change:
     return diff
 
 
+def validation_options(dataset_options: dict, val_options: dict) -> dict:
+    """``load_dataset`` options of a run's validation split: its dataset options, ``val_options`` on top, without
+    ``num_pairs`` (which sizes the training set; validation keeps its own pairs and scores the first val_pairs)."""
+    return {k: v for k, v in {**dataset_options, **val_options}.items() if k != "num_pairs"}
+
+
 def _load_split(name: str, split: str, options: dict):
     """``load_dataset(name, split, **options)``; a ValueError names the dataset and split it came from."""
     from .data import load_dataset
@@ -464,8 +470,7 @@ def _train_loop(
     progress = progress and info.main  # one process prints
     seed_everything(cfg.seed)
     train_set = _load_split(cfg.dataset, "train", cfg.dataset_options)
-    # num_pairs sizes the training set; validation keeps its own pairs and scores the first val_pairs of them
-    val_options = {k: v for k, v in {**cfg.dataset_options, **cfg.val_options}.items() if k != "num_pairs"}
+    val_options = validation_options(cfg.dataset_options, cfg.val_options)
     val_set = _load_split(cfg.dataset, "val", val_options) if cfg.val_pairs and info.main else None
     if len(train_set) == 0:
         raise ValueError(f"the {cfg.dataset} training split has no pairs")
