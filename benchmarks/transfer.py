@@ -15,6 +15,8 @@ Identity, ANTs SyN (``ants_register``, seeded), the VoxelMorph baseline, the Sea
 network + ``--refine`` steps (``register(..., refine_steps=N)``). ``--iterations`` adds the iteration sweep of the
 network (issue 12, part 5).
 Torch and ITK use the same ``--threads``; run it on an idle machine. Writes ``benchmarks/transfer_results.{json,md}``.
+``--sets`` reruns only the named sets (e.g. ``--sets "echo clip"`` after retraining the echo models) and merges them
+into the existing results; each set records the command, threads and load it was measured with.
 Smoke run: ``python benchmarks/transfer.py --pairs 2 --refine 10 --out /tmp/t``.
 """
 
@@ -84,6 +86,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--run", nargs=2, action="append", default=[], metavar=("NAME", "CHECKPOINT"), help=what)
     parser.add_argument("--out", default=str(HERE / "transfer_results"))
     parser.add_argument("--markdown-only", action="store_true", help="rewrite --out.md from --out.json; run nothing")
+    every = [*BRAIN_SETS, "echo clip"]
+    what = "run only these sets and merge them into --out.json (default: all)"
+    parser.add_argument("--sets", nargs="+", choices=every, default=every, metavar="SET", help=f"{what}; {every}")
     args = parser.parse_args(argv)
     from searchmorph_lite.data import load_dataset
     from searchmorph_lite.data.common import atomic_write_text
@@ -99,17 +104,28 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     runs = dict(args.run)
     command = " ".join(["python benchmarks/transfer.py", *(argv if argv is not None else sys.argv[1:])])
-    results: dict = {"threads": args.threads, "load_at_start": os.getloadavg()[0], "torch": torch.__version__,
-                     "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-                     "command": command,
-                     "models": {}, "sets": {}, "iterations": {}}  # fmt: skip
-    sets = {name: ("brain", load_dataset("brain2d-subjects", "test", num_pairs=args.pairs, **opts))
-            for name, opts in BRAIN_SETS.items()}  # fmt: skip
-    sets["echo clip"] = ("echo", load_dataset("echo2d-clip", "test"))
-    for set_name, (kind, data) in sets.items():
+    partial = set(args.sets) != set(every)
+    if partial and not out.with_suffix(".json").is_file():
+        parser.error(f"--sets: no earlier results at {out.with_suffix('.json')} to merge into (run all sets first)")
+    measured = {"threads": args.threads, "load_at_start": os.getloadavg()[0], "torch": torch.__version__,
+                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                "command": command}  # fmt: skip
+    if partial:
+        results = json.loads(out.with_suffix(".json").read_text())
+    else:
+        results = {**measured, "models": {}, "sets": {}, "iterations": {}}
+    sets = {name: ("brain", opts) for name, opts in BRAIN_SETS.items()}
+    sets["echo clip"] = ("echo", None)
+    for set_name in args.sets:
+        kind, opts = sets[set_name]
+        if kind == "brain":
+            data = load_dataset("brain2d-subjects", "test", num_pairs=args.pairs, **opts)
+        else:
+            data = load_dataset("echo2d-clip", "test")
         pairs = [data[i] for i in range(len(data))]
         table, model = methods(kind, args.refine, runs, results["models"])
-        results["sets"][set_name] = {"kind": kind, "pairs": len(pairs), "methods": {}}
+        results["sets"][set_name] = {"kind": kind, "pairs": len(pairs), "methods": {}, "measured": measured}
+        results["iterations"].pop(set_name, None)
         for name, method in table.items():
             row = run_method(method, pairs, labels=LABELS if kind == "brain" else None)
             results["sets"][set_name]["methods"][name] = row
@@ -121,7 +137,9 @@ def main(argv: list[str] | None = None) -> dict:
             results["iterations"].setdefault(set_name, {})[str(n)] = row
             print(f"{set_name:<18} SearchMorph, {n} iterations: " + ", ".join(
                 f"{k[:-5]} {v:.4f}" for k, v in row.items() if k.endswith("_mean")), flush=True)  # fmt: skip
-    results["load_at_end"] = os.getloadavg()[0]
+    measured["load_at_end"] = os.getloadavg()[0]
+    if not partial:
+        results["load_at_end"] = measured["load_at_end"]
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out.with_suffix(".json"), json.dumps(results, indent=1) + "\n")
     atomic_write_text(out.with_suffix(".md"), markdown(results))
@@ -143,8 +161,12 @@ def markdown(results: dict) -> str:
     if results.get("models"):
         lines.append("")
     for set_name, block in results["sets"].items():
-        lines += [f"### {set_name} ({block['pairs']} pairs)", "", "| method | Dice | NCC | folding % | s / pair |",
-                  "|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"### {set_name} ({block['pairs']} pairs)", ""]
+        m = block.get("measured", {})
+        if m.get("command", results.get("command")) != results.get("command"):
+            lines += [f"Measured in a later run: `{m['command']}`, {m['threads']} thread(s), load average"
+                      f" {m['load_at_start']:.2f} at the start and {m['load_at_end']:.2f} at the end.", ""]  # fmt: skip
+        lines += ["| method | Dice | NCC | folding % | s / pair |", "|---|---|---|---|---|"]
         for name, r in block["methods"].items():
             d = f"{r['dice_mean']:.3f}" if "dice_mean" in r else "-"
             lines.append(f"| {name} | {d} | {r['ncc_mean']:.3f} | {r['folding_mean']:.3f} | {r['seconds_mean']:.2f} |")

@@ -73,3 +73,27 @@ def test_transfer_benchmark_markdown_names_where_and_with_what_it_was_measured(t
     assert "- brain2d: pretrained, ..." in md
     assert "### far slices (3 pairs)" in md and "| SearchMorph | 0.812 | 0.900 | 0.013 | 0.24 |" in md
     assert "| echo clip | 12 | - | 0.500 | 1.500 |" in md
+    assert "later run" not in md
+    # a set rerun on its own (--sets) says so under its heading
+    later = {"command": "python benchmarks/transfer.py --sets 'echo clip'", "threads": 2, "load_at_start": 0.2,
+             "load_at_end": 1.1}  # fmt: skip
+    results["sets"]["echo clip"] = {"kind": "echo", "pairs": 2, "methods": {"SearchMorph": row}, "measured": later}
+    out.with_suffix(".json").write_text(json.dumps(results))
+    transfer.main(["--markdown-only", "--out", str(out)])
+    md = out.with_suffix(".md").read_text()
+    assert md.count("Measured in a later run") == 1
+    heading = "### echo clip (2 pairs)\n\nMeasured in a later run: "
+    assert heading + "`python benchmarks/transfer.py --sets 'echo clip'`" in md
+
+
+def test_transfer_benchmark_merges_a_rerun_set_only_into_earlier_results(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "transfer.py"
+    spec = importlib.util.spec_from_file_location("transfer_benchmark", path)
+    transfer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(transfer)
+    with pytest.raises(SystemExit):  # nothing to merge into: argparse error, nothing written
+        transfer.main(["--sets", "echo clip", "--out", str(tmp_path / "none")])
+    assert list(tmp_path.iterdir()) == []

@@ -401,9 +401,9 @@ for a, b in (("SyN", "Identity"), ("SyN", "Affine"), ("SearchMorph", "SyN")):
             print(" ", verdict(a, b, label, view, digits=2))
 
 # %% [markdown]
-# The sentences above say, view by view, how the shipped models (400 pairs x 5 epochs each, on a CPU) compare
-# with each other and with SyN, optimised pair by pair, and which differences the paired test resolves (with
-# a few pairs per view, many are not resolved). The synthetic loops are easier than the paper's CAMUS images (smooth
+# The sentences above say, view by view, how the shipped models (the same CPU seconds each, on a CPU; their
+# cards are printed above) compare with each other and with SyN, optimised pair by pair, and which differences the
+# paired test resolves (with a few pairs per view, many are not resolved). The synthetic loops are easier than the paper's CAMUS images (smooth
 # textures, no dropout or shadows), which is why every method scores above the paper's values. With networks
 # trained here at the CI budget (`use_pretrained=False`), expect them to have only begun to move away from the
 # identity's rows: a few dozen steps are where training starts (chapter 10). The identity is instructive in itself:
