@@ -127,11 +127,17 @@ def refined_test_metrics(model: torch.nn.Module, dataset: str, options: dict, st
     return {"test_dice_refined": float(np.mean(dices)), "test_folding_refined": float(np.mean(folds))}
 
 
-def ship(run: Path, name: str, hardware: str, refine_steps: int = 0, note: str = "") -> Path:
+def ship(
+    run: Path, name: str, hardware: str, refine_steps: int = 0, note: str = "", refine_lr: float | None = None
+) -> Path:
     """Write ``searchmorph_lite/pretrained/<name>.pt`` from ``run/checkpoint.pt``; return its path.
 
     ``refine_steps`` > 0 is the refinement recommended for the model (``metadata["refine_steps"]``, which
-    ``register(..., refine_steps="auto")`` and ``--refine auto`` use); its test metrics are measured too."""
+    ``register(..., refine_steps="auto")`` and ``--refine auto`` use); its test metrics are measured too.
+    ``refine_lr`` (pixels per Adam step; default 2) is recorded as ``metadata["refine_lr"]``, which refinement
+    uses for this model."""
+    if refine_lr is not None and not (refine_lr > 0 and refine_steps):
+        raise ValueError(f"--refine-lr {refine_lr}: needs --refine-steps > 0 and a positive rate")
     ckpt = sm.read_checkpoint(run / "checkpoint.pt")
     if ckpt["model"] != PRETRAINED[name]:
         raise ValueError(f"{run} holds a {ckpt['model']}, but {name!r} must be a {PRETRAINED[name]}")
@@ -142,6 +148,8 @@ def ship(run: Path, name: str, hardware: str, refine_steps: int = 0, note: str =
     meta.update(test_metrics(model, meta["dataset"], meta["dataset_options"]))
     if refine_steps:
         model.metadata = {"train_config": meta["train_config"]}  # refinement reads the loss from it
+        if refine_lr is not None:
+            model.metadata["refine_lr"] = meta["refine_lr"] = float(refine_lr)
         meta["refine_steps"] = int(refine_steps)
         meta.update(refined_test_metrics(model, meta["dataset"], meta["dataset_options"], refine_steps))
     meta["name"] = name
@@ -218,8 +226,9 @@ def write_model_card() -> Path:
             ),
             *(
                 [
-                    f"- Recommended test-time refinement: {md['refine_steps']} steps (`register(..., "
-                    f'refine_steps="auto")`, `--refine auto`); test Dice with it '
+                    f"- Recommended test-time refinement: {md['refine_steps']} steps"
+                    + (f" of {md['refine_lr']:g} px" if md.get("refine_lr") else "")
+                    + f' (`register(..., refine_steps="auto")`, `--refine auto`); test Dice with it '
                     f"{_fmt(md.get('test_dice_refined'))}, % folding {_fmt(md.get('test_folding_refined'))}."
                 ]
                 if md.get("refine_steps")
@@ -250,6 +259,8 @@ def main() -> None:
     parser.add_argument("--hardware", help="how the run was trained: CPU, threads, what shared the machine")
     parser.add_argument("--card-only", action="store_true")
     parser.add_argument("--refine-steps", type=int, default=0, help="refinement steps recommended for the model")
+    what = "refinement step size in pixels recorded for the model (default: refinement's 2)"
+    parser.add_argument("--refine-lr", type=float, default=None, help=what)
     parser.add_argument("--note", default="", help="a sentence for the model card (how the model is used)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -257,7 +268,8 @@ def main() -> None:
         if not (args.run and args.name and args.hardware):
             parser.error("--run, --name and --hardware are required unless --card-only")
         base = f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
-        print("wrote", ship(args.run, args.name, f"{base}; {args.hardware}", args.refine_steps, args.note))
+        hardware = f"{base}; {args.hardware}"
+        print("wrote", ship(args.run, args.name, hardware, args.refine_steps, args.note, args.refine_lr))
     print("wrote", write_model_card())
 
 
