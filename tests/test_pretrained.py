@@ -140,3 +140,22 @@ def test_model_card_of_a_shipped_model_names_its_data_budget_and_hardware():
     assert card["epochs"] >= 1 and card["batch_size"] >= 1 and card["seconds"] > 0
     line = describe("SearchMorph", card)
     assert line.startswith("SearchMorph: pretrained, brain2d-subjects ") and f"{card['pairs']} pairs" in line
+
+
+def test_choose_refine_lr_scores_the_network_and_each_lr_on_validation_pairs():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "training" / "choose_refine_lr.py"
+    spec = importlib.util.spec_from_file_location("choose_refine_lr", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    shipped = pretrained_path("echo2d")
+    if not shipped.is_file():
+        pytest.skip("echo2d is not shipped in this checkout")
+    rows = script.main(["--checkpoint", str(shipped), "--pairs", "2", "--steps", "6", "--lrs", "0.25", "8"])
+    assert set(rows) == {0.0, 0.25, 8.0}
+    # refinement keeps a field only where it lowers the loss, so no lr ends above the network alone
+    assert all(rows[lr]["loss"] <= rows[0.0]["loss"] + 1e-9 for lr in rows), rows
+    with pytest.raises(SystemExit):
+        script.main(["--checkpoint", str(shipped), "--lrs", "0"])
