@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 from pathlib import Path
 
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
         atomic_write_text(out.with_suffix(".md"), markdown(json.loads(out.with_suffix(".json").read_text())))
         return {}
     runs = dict(args.run)
-    command = " ".join(["python benchmarks/transfer.py", *(argv if argv is not None else sys.argv[1:])])
+    command = shlex.join(["python", "benchmarks/transfer.py", *(argv if argv is not None else sys.argv[1:])])
     partial = set(args.sets) != set(every)
     if partial and not out.with_suffix(".json").is_file():
         parser.error(f"--sets: no earlier results at {out.with_suffix('.json')} to merge into (run all sets first)")
