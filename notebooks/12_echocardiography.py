@@ -667,9 +667,8 @@ with torch.no_grad():
 trained = models["SearchMorph"].config.iterations
 for n in (1, trained, 2 * trained, 3 * trained):
     if n <= clip_max_iterations:
-        print(
-            f"{n:>2} iterations: NCC {sweep_ncc[n - 1]:.3f}, {sweep_fold[n - 1]:.3f} % folding"
-        )
+        ncc, fold = sweep_ncc[n - 1], sweep_fold[n - 1]
+        print(f"{n:>2} iterations: NCC {ncc:.3f}, {fold:.3f} % folding")
 past = [n for n in (2 * trained, 3 * trained) if n <= clip_max_iterations]
 if past:  # issue "Transfer": at 2x and 3x the trained count, NCC should not fall and
     # folding should stay <= 0.05 %

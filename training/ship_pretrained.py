@@ -33,7 +33,7 @@ from searchmorph_lite.train import TrainConfig, evaluate  # noqa: E402
 DATA_TEXT = {
     "brain2d": "brain2d: axial slices of the MNI152 2009a template (nilearn) warped by random smooth fields, "
     "GM/WM/CSF labels",
-    "echo2d-synthetic": "echo2d-synthetic: synthetic apical 2- and 4-chamber echo sequences with blood-pool and "
+    "echo2d-synthetic": "echo2d-synthetic: synthetic apical 2-, 3- and 4-chamber echo sequences with blood-pool and "
     "myocardium labels",
     "brain2d-subjects": "brain2d-subjects: virtual subjects from every axial MNI152 slice (both images deformed, T1 "
     "or synthetic per-tissue contrast, bias, blur, noise), GM/WM/CSF labels; val/test slabs 3 mm from training",
