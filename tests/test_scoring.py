@@ -48,15 +48,22 @@ def test_unlabelled_pairs_get_ncc_and_folding_only_and_folded_fields_count():
     assert torch.is_tensor(pair["moving"])  # the pair is left as it was
 
 
-def test_transfer_benchmark_markdown_names_where_and_with_what_it_was_measured(tmp_path):
+def _transfer_benchmark():
+    """benchmarks/transfer.py as a module (it is a script, not part of the package)."""
     import importlib.util
-    import json
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "transfer.py"
     spec = importlib.util.spec_from_file_location("transfer_benchmark", path)
     transfer = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(transfer)
+    return transfer
+
+
+def test_transfer_benchmark_markdown_names_where_and_with_what_it_was_measured(tmp_path):
+    import json
+
+    transfer = _transfer_benchmark()
     row = {"dice_mean": 0.8123, "ncc_mean": 0.9, "folding_mean": 0.013, "seconds_mean": 0.24}
     results = {
         "threads": 1, "load_at_start": 0.1, "load_at_end": 1.0, "torch": "x", "machine": "m, 2 cores",
@@ -87,13 +94,7 @@ def test_transfer_benchmark_markdown_names_where_and_with_what_it_was_measured(t
 
 
 def test_transfer_benchmark_merges_a_rerun_set_only_into_earlier_results(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "transfer.py"
-    spec = importlib.util.spec_from_file_location("transfer_benchmark", path)
-    transfer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(transfer)
+    transfer = _transfer_benchmark()
     with pytest.raises(SystemExit):  # nothing to merge into: argparse error, nothing written
         transfer.main(["--sets", "echo clip", "--out", str(tmp_path / "none")])
     assert list(tmp_path.iterdir()) == []

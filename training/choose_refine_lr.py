@@ -14,6 +14,7 @@ Example: ``python training/choose_refine_lr.py --checkpoint training/echo2d_wide
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 
@@ -48,8 +49,10 @@ def main(argv: list[str] | None = None) -> dict[float, dict[str, float]]:
     pairs = [data[i] for i in range(min(args.pairs, len(data)))]
     similarity, alpha = tc.get("similarity", "lncc"), float(tc.get("alpha", 2.0))
 
+    barrier = inspect.signature(refine_flow).parameters["fold_weight"].default  # what refinement minimises
+
     def loss(m: torch.Tensor, f: torch.Tensor, flow: torch.Tensor) -> float:
-        return refinement_loss(m, f, flow, similarity, alpha, 10.0).item()  # refine_flow's default barrier
+        return refinement_loss(m, f, flow, similarity, alpha, barrier).item()
 
     start = []
     for p in pairs:
