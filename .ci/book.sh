@@ -4,8 +4,12 @@
 #      require.js and MathJax from the npm registry (.ci/offline_js.sh) into _build/offline_js. Then two checks
 #      of the chapters' sources: every Colab badge and install cell matches _config.yml
 #      (.ci/notebook_header.py --check), and code cells are at most 88 columns (ruff E501, notebooks/ruff.toml).
-#   1. papermill (.ci/run_notebook.py): every notebooks/NN_*.ipynb in order, at the defaults of its `parameters`
-#      cell (the CI scale), into _build/executed/. Seconds per notebook go to the log and _build/notebook_times.tsv.
+#   1. papermill (.ci/run_notebook.py): the answer-key edition of every notebooks/NN_*.ipynb
+#      (.ci/student_edition.py --with-solutions, into _build/answer_key/), in order, top to bottom, at the defaults
+#      of its `parameters` cell (the CI scale): the chapter, then each exercise's solution and check, so a solution
+#      that fails after Run All fails CI. The exercise cells are then dropped (.ci/strip_answer_key.py) and the
+#      chapter's own cells, with this run's outputs, go to _build/executed/ for the build. Seconds per notebook go
+#      to the log and _build/notebook_times.tsv.
 #   2. nbval (run beside step 1, both on one thread per process, so the 2 cores do both at once):
 #      pytest --nbval-lax on the stored (committed) notebooks: re-runs them and compares the cells tagged
 #      nbval-check-output with their stored outputs (notebooks/sanitize.cfg masks addresses and timings). It runs
@@ -76,9 +80,11 @@ nbval_pid=$!
 
 # 1. papermill -----------------------------------------------------------------------------------------------------
 t=$(now)
-echo "== 1/4 papermill: ${#notebooks[@]} notebooks, CI-scale parameters${BOOK_PARAMS:+ + $BOOK_PARAMS}"
-rm -rf "$BUILD/executed" "$BUILD/.jupyter_cache"
-mkdir -p "$BUILD/executed"
+echo "== 1/4 papermill: ${#notebooks[@]} notebooks (answer-key edition), CI-scale parameters${BOOK_PARAMS:+ + $BOOK_PARAMS}"
+rm -rf "$BUILD/executed" "$BUILD/executed_key" "$BUILD/answer_key" "$BUILD/.jupyter_cache"
+mkdir -p "$BUILD/executed" "$BUILD/executed_key"
+python .ci/student_edition.py --out "$BUILD/answer_key" --with-solutions "${notebooks[@]}" \
+  || fail "writing the answer-key edition (.ci/student_edition.py --with-solutions)"
 times="$BUILD/notebook_times.tsv"
 printf 'notebook\tseconds\tstatus\n' > "$times"
 read -r -a extra <<< "${BOOK_PARAMS:-}"
@@ -87,9 +93,11 @@ for nb in "${notebooks[@]}"; do
   name=$(basename "$nb" .ipynb)
   t_nb=$(now)
   # papermill with a fix for a lost asyncio wake-up that can stall a finished cell until its timeout
-  if OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python .ci/run_notebook.py "$nb" "$BUILD/executed/$name.ipynb" \
-      -k python3 --cwd notebooks \
-      --timeout "$CELL_TIMEOUT" "${extra[@]}" > "$BUILD/executed/$name.log" 2>&1; then
+  if OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python .ci/run_notebook.py "$BUILD/answer_key/$name.ipynb" \
+      "$BUILD/executed_key/$name.ipynb" -k python3 --cwd notebooks \
+      --timeout "$CELL_TIMEOUT" "${extra[@]}" > "$BUILD/executed/$name.log" 2>&1 \
+    && python .ci/strip_answer_key.py "$BUILD/executed_key/$name.ipynb" "$BUILD/executed/$name.ipynb" \
+      >> "$BUILD/executed/$name.log" 2>&1; then
     status=ok
   else
     status=FAILED
