@@ -84,9 +84,10 @@ device = sm.default_device() if device == "auto" else torch.device(device)
 #
 # The resampled image $M' = M \circ (\mathrm{Id} + u)$ is the *warped* moving image; the spatial transformer of
 # chapter 2 computes it (the paper's eq. 8). Classical methods such as SyN (Avants et al., 2008) search for $u$
-# by optimising each pair of images for minutes. Learning-based methods such as VoxelMorph (Balakrishnan et al.,
-# 2019) and SearchMorph train a network once, without ground-truth fields, to output $u$ in one forward pass: the
-# network is scored only by how similar $M'$ is to $F$ and how smooth $u$ is (eq. 9, chapter 3).
+# by optimising each pair of images anew: about a second per small 2D pair on a CPU (chapter 12 prints the time per
+# pair on your machine), more for larger images and volumes. Learning-based methods such as VoxelMorph (Balakrishnan
+# et al., 2019) and SearchMorph train a network once, without ground-truth fields, to output $u$ in one forward
+# pass: the network is scored only by how similar $M'$ is to $F$ and how smooth $u$ is (eq. 9, chapter 3).
 #
 # ## The map of the book
 #
@@ -103,7 +104,16 @@ device = sm.default_device() if device == "auto" else torch.device(device)
 #
 # Chapter 1 prepares the data, chapter 9 assembles `SearchMorph` (and the `VoxelMorph` baseline), chapter 10
 # trains them, and chapters 11, 12 and 13 repeat the paper's Tables I (brain), II (echocardiography) and III
-# (ablations) at a scale that runs on a laptop.
+# (ablations) at a scale that runs on a laptop. Chapters 14, 15 and 16 go beyond the paper: the same model in 3D,
+# a diffeomorphic field, and features at full resolution.
+#
+# | Part | Chapters |
+# | --- | --- |
+# | Getting started | [1. Data](01_data.ipynb) |
+# | Building blocks | [2. Warping](02_warping.ipynb), [3. Losses and metrics](03_losses_metrics.ipynb), [4. Encoders](04_encoders.ipynb), [5. Cost volume](05_cost_volume.ipynb), [6. Pyramid](06_correlation_pyramid.ipynb), [7. Diamond search](07_diamond_search.ipynb), [8. ConvGRU iterator](08_convgru_iterator.ipynb) |
+# | The model | [9. Assembling SearchMorph](09_searchmorph.ipynb), [10. Training](10_training.ipynb) |
+# | Experiments | [11. Brain MR](11_brain_evaluation.ipynb), [12. Echocardiography](12_echocardiography.ipynb), [13. Ablations](13_ablations.ipynb) |
+# | Beyond the paper | [14. 3D](14_three_d.ipynb), [15. Diffeomorphic](15_diffeomorphic.ipynb), [16. Full resolution](16_full_resolution.ipynb) |
 
 # %% [markdown]
 # ## Running the chapters

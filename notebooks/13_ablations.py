@@ -474,4 +474,4 @@ for name in names[1:]:
 # Dice, % folding and a bar chart; readings generated from paired standard errors.
 # How many test pairs a difference of the paper's size needs, and why a CI budget cannot answer an ablation.
 #
-# [Next: Teaching with this book](../book/teaching.md)
+# [Next: 14. SearchMorph in 3D](14_three_d.ipynb)

@@ -711,3 +711,5 @@ print(
 # (proved: stride-2 fields lie in the range of x2 upsampling, stride-1 fields do not).
 # The memory arithmetic: all-pairs 16x in 2D and 64x in 3D, the on-the-fly search 4x; both checked.
 # Two models trained for the same CPU seconds, scored, pictured and judged by generated sentences.
+#
+# [Next: Benchmarks](../book/benchmarks.md)
