@@ -9,6 +9,8 @@ STUDENT_EDITION_SLOW=1 (or =only: just those, as .ci/run does after the library 
 
 from __future__ import annotations
 
+import ast
+import builtins
 import importlib.util
 import os
 import re
@@ -129,3 +131,52 @@ def test_checks_fail_on_stubs_and_pass_with_solutions(name, monkeypatch):
 
         plt.close("all")
     assert not problems, f"{name}: " + "; ".join(problems)
+
+
+IPYTHON_NAMES = {"display", "get_ipython"}  # defined by the kernel, not by a cell
+
+
+def bound_names(tree: ast.AST) -> set[str]:
+    """Every name a piece of code binds anywhere (assignments, loops, defs, arguments, imports): an
+    over-approximation of what it defines, enough to find a name nothing defines."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names.add(node.name)
+    return names
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_stubs_and_solutions_use_only_names_the_chapter_defines(name):
+    """A stub that reads a name the chapter never defines (chapter 10's `nn.Module`) raises NameError in the
+    student's notebook before the student writes a line; the cell-subset test above cannot see it."""
+    code = [c.source for c in chapter(name).cells if c.cell_type == "code"]
+    defined = set().union(*(bound_names(ast.parse(squeeze_magics(src))) for src in code))
+    defined |= set(dir(builtins)) | IPYTHON_NAMES
+    problems = []
+    for n, ex in enumerate(SPEC[name]["exercises"], 1):
+        for part in ("stub", "solution", "check"):
+            if part not in ex:
+                continue
+            tree = ast.parse(ex[part])
+            own = bound_names(tree)
+            if part == "check":  # runs after the stub: it may read what the stub defines, no more
+                own |= bound_names(ast.parse(ex["stub"]))
+            used = {x.id for x in ast.walk(tree) if isinstance(x, ast.Name) and isinstance(x.ctx, ast.Load)}
+            missing = sorted(used - own - defined)
+            if missing:
+                problems.append(f"exercise {n} {part}: {missing}")
+    assert not problems, f"{name}: names no cell of the chapter defines: " + "; ".join(problems)
+
+
+def squeeze_magics(src: str) -> str:
+    """A code cell without IPython magics and shell lines (not Python)."""
+    return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in src.splitlines())
