@@ -455,17 +455,17 @@ with tempfile.TemporaryDirectory() as tmp:
 #
 # 1. The octahedron of radius $r$ holds $(2r + 1)(2r^2 + 2r + 3) / 3$ offsets. Check the formula against
 #    `sm.diamond_offsets(r, ndim=3)` for $r = 0, \dots, 6$, and compute how many correlations per voxel the
-#    search map of a 4-level, radius-3 SearchMorph-3D holds.
+#    search map of a 4-level SearchMorph-3D with the shipped model's radius, 2 (`sm3d.config.radius`), holds.
 #
 # ````{dropdown} Solution
 # ```python
 # for r in range(7):
 #     assert len(sm.diamond_offsets(r, ndim=3)) == (2 * r + 1) * (2 * r**2 + 2 * r + 3) // 3
-# per_voxel = 4 * len(sm.diamond_offsets(3, ndim=3))  # 4 levels x 63 offsets = 252
+# per_voxel = 4 * len(sm.diamond_offsets(2, ndim=3))  # 4 levels x 25 offsets = 100
 # ```
 # The formula counts the layers of the octahedron: layer $z$ ($|z| \le r$) is a 2D diamond of radius $r - |z|$.
-# Radius 3 reads 63 offsets per level, 252 correlations per voxel: the motion encoder's input is almost 3x
-# wider than in 2D (100 at radius 3), one reason the 3D model is slow on a CPU.
+# Radius 2 reads 25 offsets per level, 100 correlations per voxel: the motion encoder's input is almost 2x
+# wider than in 2D (4 x 13 = 52 at radius 2), one reason the 3D model is slow on a CPU.
 # ````
 #
 # 2. The shipped 3D models train at 4 mm. What would training at 2 mm (80 x 96 x 80) cost, per step and in
