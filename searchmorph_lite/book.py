@@ -1,10 +1,12 @@
-"""Figures the book's chapters share: SearchMorph's pipeline (Fig. 1) as a diagram, and the chapters' map of it.
+"""What the book's chapters share: SearchMorph's pipeline (Fig. 1) as a diagram, method colours, paired verdicts.
 
 matplotlib is a book dependency, not the library's: it is imported inside the functions, so
 ``import searchmorph_lite`` works without it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 # Fig. 1's boxes: key -> (label, short label for the one-row map, chapter, column, row of the two-row diagram).
 BOXES = {
@@ -170,3 +172,78 @@ METHOD_COLORS = {
     "SearchMorph (w/o iter)": "#CC79A7",
     "SearchMorph": "#0072B2",
 }
+# Variants of SearchMorph in one figure (fewer iterations, refined): shades of its blue, so no two boxes share one.
+SEARCHMORPH_VARIANT_COLORS = ("#56B4E9", "#003F63", "#7FA7C9", "#00A5FF")
+
+
+def method_color(name: str, variant: int = 0) -> str:
+    """A colour (hex string) for a method: METHOD_COLORS[name], else the ``variant``-th SearchMorph shade."""
+    if name in METHOD_COLORS:
+        return METHOD_COLORS[name]
+    return SEARCHMORPH_VARIANT_COLORS[variant % len(SEARCHMORPH_VARIANT_COLORS)]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A paired comparison of two methods on the same pairs, said from the side of the higher mean.
+
+    ``state`` is "tie" (|mean difference| < ``tie``), "not resolved" (within 2 paired standard errors) or
+    "beats". ``words()`` has no number an optimiser can move (for cells nbval checks on any CPU);
+    ``sentence()`` adds the means, the difference and its standard error (for unchecked cells).
+    """
+
+    winner: str
+    loser: str
+    what: str
+    mean_winner: float
+    mean_loser: float
+    diff: float  # mean of winner - loser over the pairs (>= 0)
+    se: float  # paired standard error of that mean (inf with one pair)
+    n: int
+    state: str
+
+    @property
+    def resolved(self) -> bool:
+        return self.state == "beats"
+
+    def words(self) -> str:
+        """The verdict without numbers but the pair count, e.g. "SyN beats SearchMorph (2CH blood pool, 36
+        pairs, margin > 2 paired SE)."."""
+        where = f"{self.what}, {self.n} pairs"
+        if self.state == "tie":
+            return f"{self.winner} and {self.loser} tie ({where})."
+        if self.state == "not resolved":
+            return f"{self.winner} vs {self.loser}: not resolved ({where}, margin within 2 paired SE)."
+        return f"{self.winner} beats {self.loser} ({where}, margin > 2 paired SE)."
+
+    def sentence(self, digits: int = 4) -> str:
+        """The verdict with the means, the margin and its paired standard error."""
+        nums = (
+            f"{self.what}: {self.mean_winner:.{digits}f} vs {self.mean_loser:.{digits}f}, "
+            f"margin {self.diff:.{digits}f}, paired SE {self.se:.{digits}f}, {self.n} pairs"
+        )
+        if self.state == "tie":
+            return f"{self.winner} and {self.loser} tie ({nums})."
+        if self.state == "not resolved":
+            return f"{self.winner} scores above {self.loser} ({nums}): within 2 SE, not resolved."
+        return f"{self.winner} beats {self.loser} ({nums})."
+
+
+def paired_verdict(a: str, b: str, values_a, values_b, what: str = "Dice", tie: float = 5e-4) -> Verdict:
+    """Verdict of methods ``a`` and ``b`` from their per-pair scores (n,) on the same n pairs (higher is better).
+
+    The standard error is that of the mean paired difference, std(ddof=1) / sqrt(n); a difference counts as
+    resolved when it exceeds twice that.
+    """
+    import numpy as np
+
+    va, vb = np.asarray(values_a, dtype=float), np.asarray(values_b, dtype=float)
+    if va.shape != vb.shape or va.ndim != 1 or len(va) == 0:
+        raise ValueError(f"need two 1-D score arrays of the same length, got {va.shape} and {vb.shape}")
+    if va.mean() < vb.mean():
+        a, b, va, vb = b, a, vb, va
+    d = va - vb
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
+    diff = float(d.mean())
+    state = "tie" if diff < tie else "not resolved" if diff <= 2 * se else "beats"
+    return Verdict(a, b, what, float(va.mean()), float(vb.mean()), diff, se, len(d), state)
