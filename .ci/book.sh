@@ -27,6 +27,8 @@
 # Environment:
 #   BOOK_PARAMS="-p device cuda -p seed 1"   parameters for step 1, as papermill -p (default: none). A notebook run
 #       with injected parameters is not reused by the build (its code differs), so the book shows the defaults.
+#   BOOK_PARAMS_FILE=configs/book_gpu.yaml   each chapter's parameters from that file's "full" section (the GPU
+#       scale), before BOOK_PARAMS; the same caveat about the build applies.
 #   BOOK_CELL_TIMEOUT=600   seconds a cell may run in steps 1 and 2 before it counts as failed (hung).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -88,6 +90,7 @@ python .ci/student_edition.py --out "$BUILD/answer_key" --with-solutions "${note
 times="$BUILD/notebook_times.tsv"
 printf 'notebook\tseconds\tstatus\n' > "$times"
 read -r -a extra <<< "${BOOK_PARAMS:-}"
+[ -n "${BOOK_PARAMS_FILE:-}" ] && extra=(-f "$BOOK_PARAMS_FILE" "${extra[@]}")
 failed=()
 for nb in "${notebooks[@]}"; do
   name=$(basename "$nb" .ipynb)

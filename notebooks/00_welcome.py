@@ -63,7 +63,8 @@ fixed_z_mm = 16  # axial MNI slice used as the fixed image (lateral ventricles, 
 # the moving slice lies this far above it: a real anatomical difference
 moving_offset_mm = 5
 echo_frames = (0, 12)  # two frames of the echocardiography cine to compare
-# GPU scale: nothing to scale in this chapter; it runs in a few seconds everywhere.
+# nothing to scale in this chapter (configs/book_gpu.yaml leaves it out); it runs in a
+# few seconds everywhere.
 
 # %%
 torch.manual_seed(seed)

@@ -70,9 +70,9 @@ from searchmorph_lite.data.brain2d import SPLIT_OFFSETS, load_mni152_slab
 # %% tags=["parameters"]
 seed = 0
 device = "auto"
-# pairs per brain2d split; library defaults (GPU scale): 400 train, 40 val, 40 test
+# pairs per brain2d split (library defaults: 400 train, 40 val, 40 test)
 brain_pairs = 8
-# synthetic sequences per split, one per view; defaults (GPU scale): 30, 9, 9
+# synthetic sequences per split, one per view (defaults: 30, 9, 9)
 echo_sequences = 3
 echo_frames = 12  # frames per synthetic sequence; default 20
 echo_size = 160  # side of the echo images, the paper's 160 x 160

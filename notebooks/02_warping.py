@@ -68,7 +68,7 @@ strength = 4.0
 # the random field is interpolated from this coarse grid: fewer points = smoother
 control_points = (10, 8)
 grid_step = 8  # spacing (pixels) of the grid lines drawn over the images
-# GPU scale: the same; nothing in this chapter is slow.
+# nothing in this chapter is slow: configs/book_gpu.yaml leaves it as it is
 
 # %%
 torch.manual_seed(seed)

@@ -66,7 +66,7 @@ alpha = 2.0
 naive_size = (48, 40)  # the naive sliding-window LNCC loops over this many pixels
 # largest displacement (pixels) of the random field in the Jacobian figure: it folds
 fold_strength = 20.0
-# GPU scale: the same; nothing in this chapter is slow.
+# nothing in this chapter is slow: configs/book_gpu.yaml leaves it as it is
 
 # %%
 torch.manual_seed(seed)

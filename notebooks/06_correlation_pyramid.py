@@ -59,8 +59,8 @@ from searchmorph_lite.data import load_dataset
 # %% tags=["parameters"]
 seed = 0
 device = "auto"
-# brain pair for the figure (features at 48 x 40); GPU scale: (192, 160), the paper's
-# size
+# brain pair for the figure (features at 48 x 40); the GPU scale of every chapter is in
+# configs/book_gpu.yaml
 image_size = (96, 80)
 pair_index = 1  # brain2d test pair (its moving slice is 2 mm from the fixed one)
 max_displacement = 32.0  # brain2d option, in pixels at 192 x 160 (default 8)

@@ -49,7 +49,6 @@ if "google.colab" in sys.modules:  # the library's loose dependencies keep Colab
 
 # %%
 import math
-import time
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -57,6 +56,7 @@ import torch
 import torch.nn.functional as F
 
 import searchmorph_lite as sm
+from searchmorph_lite.book import best_time as book_best_time
 from searchmorph_lite.book import you_are_here
 from searchmorph_lite.data import load_dataset
 
@@ -66,12 +66,11 @@ device = "auto"
 radius = 3  # the paper's search radius for brain MR (2 for echocardiography)
 levels = 4  # pyramid levels, kernels 1, 2, 4, 8
 naive_size = 8  # feature-map side of the loop-checked example
-# brain pair for the figures; GPU scale: (192, 160), the paper's size
+# brain pair for the figures (GPU scale of every chapter: configs/book_gpu.yaml)
 image_size = (96, 80)
 pair_index = 1  # brain2d test pair
 max_displacement = 32.0  # brain2d option, in pixels at 192 x 160 (default 8)
-# feature-map size of the speed/memory comparison; GPU scale: (96, 80) with
-# bench_batch = 8
+# feature-map size and batch of the speed/memory comparison
 bench_size = (64, 64)
 bench_batch = 1
 
@@ -307,12 +306,9 @@ print(
 
 # %%
 def best_time(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    """Best seconds of fn(); the device synchronised around each call (on a GPU the
+    kernels run asynchronously: without it the clock stops when they are queued)."""
+    return book_best_time(fn, device, repeats)
 
 
 b, (h, w), r = bench_batch, bench_size, radius

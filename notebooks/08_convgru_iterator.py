@@ -68,14 +68,14 @@ device = "auto"
 # machine (more threads on shared cores slow training several-fold); 0: PyTorch's
 # default
 threads = 1
-# brain pair of the iteration demo; GPU scale: (192, 160), the paper's size
+# brain pair of the iteration demo (GPU scale of every chapter: configs/book_gpu.yaml)
 image_size = (64, 64)
 pair_index = 0  # brain2d test pair
 widths = (8, 16, 16, 16)  # a small SearchMorph; library default (16, 32, 32, 32)
 width = 16  # context, hidden and motion channels; library default 32
 radius = 3  # the paper's search radius for brain MR
 train_iterations = 4  # the paper's 4 iterations
-# Adam steps on the one pair (about 15 s on one CPU thread); GPU scale: 500
+# Adam steps on the one pair (about 15 s on one CPU thread)
 train_steps = 60
 lr = 3e-3  # the paper uses 1e-3 over many pairs; one pair tolerates a larger step
 alpha = 2.0  # smoothness weight with LNCC, as the paper for brain MR (eq. 9)

@@ -80,7 +80,7 @@ lively_std = 0.5
 # translation (rows, columns, in half-resolution pixels) of the query experiment
 shift = (2, -3)
 odd_size = (181, 149)  # an image size the network cannot take as it is
-timing_repeats = 3  # forward passes per model in the timing; GPU scale: 20
+timing_repeats = 3  # forward passes per model in the timing
 
 # %%
 torch.manual_seed(seed)

@@ -78,9 +78,9 @@ use_pretrained = True
 # "runs/ablate_full/checkpoint.pt", ...});
 checkpoints = {}
 # when all five variants are given they are loaded (this wins over use_pretrained)
-# brain2d size for the variants trained here; GPU scale: (192, 160)
+# brain2d size for the variants trained here (GPU scale: configs/book_gpu.yaml)
 image_size = (64, 48)
-train_pairs = 32  # CI budget; GPU scale: 400 pairs x 100+ epochs, batch 8
+train_pairs = 32  # CI budget
 # one fewer than chapters 10-11, to keep five trainings near a minute and a half on a
 # shared CPU
 epochs = 5

@@ -247,3 +247,27 @@ def paired_verdict(a: str, b: str, values_a, values_b, what: str = "Dice", tie: 
     diff = float(d.mean())
     state = "tie" if diff < tie else "not resolved" if diff <= 2 * se else "beats"
     return Verdict(a, b, what, float(va.mean()), float(vb.mean()), diff, se, len(d), state)
+
+
+def synchronize(device) -> None:
+    """Wait for the device's queued kernels (CUDA runs them asynchronously); nothing on a CPU."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_time(fn, device, repeats: int = 3) -> float:
+    """Best wall-clock seconds (a float) of ``repeats`` calls of ``fn()``, the device synchronised before and after
+    each call: on a GPU an unsynchronised clock stops when the kernels are queued, not when they finish."""
+    import time
+
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
