@@ -3,6 +3,7 @@
     python .ci/student_edition.py --out student                        # every chapter
     python .ci/student_edition.py --out student_key --with-solutions   # the teacher's answer key (stubs filled)
     python .ci/student_edition.py --out student notebooks/02_warping.ipynb
+    python .ci/student_edition.py --out student --write-counts          # book/teaching.md's exercise counts
 
 For each notebooks/NN_*.ipynb: the outputs are cleared, every folded solution (a MyST ``{dropdown} Solution``
 block of the "## Exercises" cell) is removed, and each exercise is followed by a "your code here" cell and a check
@@ -111,13 +112,46 @@ def student_notebook(nb: nbformat.NotebookNode, spec: dict, name: str, with_solu
     return nb
 
 
+TEACHING = ROOT / "book" / "teaching.md"
+COUNTS_START, COUNTS_END = "<!-- student-edition-counts:start -->", "<!-- student-edition-counts:end -->"
+
+
+def counts_paragraph(spec: dict) -> str:
+    """The teaching page's paragraph on graded and discussion-only exercises, generated from the spec."""
+    graded, discussion = [], []
+    for name in sorted(spec):
+        for n, ex in enumerate(spec[name]["exercises"], 1):
+            (discussion if "discussion" in ex else graded).append((name[:2], n, ex.get("discussion")))
+    listed = "\n".join(f"- {ch} ex. {n}: {why}" for ch, n, why in discussion)
+    return (
+        f"{len(graded)} exercises in {len(spec)} chapters are graded by a check cell; {len(discussion)} are "
+        f"discussion-only and get an answer cell instead:\n\n{listed}"
+    )
+
+
+def write_counts(page: Path = TEACHING, spec: dict | None = None) -> bool:
+    """Rewrite the generated paragraph between the markers of ``page``; True when it changed."""
+    text = page.read_text()
+    start, end = text.index(COUNTS_START) + len(COUNTS_START), text.index(COUNTS_END)
+    new = text[:start] + "\n" + counts_paragraph(spec or load_spec()) + "\n" + text[end:]
+    if new != text:
+        page.write_text(new)
+    return new != text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="folder for the student notebooks")
     parser.add_argument("--with-solutions", action="store_true", help="fill the stubs (the teacher's answer key)")
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/NN_*.ipynb")
+    parser.add_argument(
+        "--write-counts", action="store_true", help="only rewrite the exercise counts of book/teaching.md"
+    )
     args = parser.parse_args(argv)
     spec = load_spec()
+    if args.write_counts:
+        print("book/teaching.md:", "updated" if write_counts(TEACHING, spec) else "up to date")
+        return 0
     paths = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     args.out.mkdir(parents=True, exist_ok=True)
     graded = discussion = 0

@@ -180,3 +180,13 @@ def test_stubs_and_solutions_use_only_names_the_chapter_defines(name):
 def squeeze_magics(src: str) -> str:
     """A code cell without IPython magics and shell lines (not Python)."""
     return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in src.splitlines())
+
+
+def test_teaching_page_exercise_counts_are_generated_from_the_spec():
+    """book/teaching.md once typed "26 graded / 4 discussion" while the spec held 29 / 6."""
+    text = student_edition.TEACHING.read_text()
+    start = text.index(student_edition.COUNTS_START) + len(student_edition.COUNTS_START)
+    block = text[start : text.index(student_edition.COUNTS_END)].strip()
+    assert block == student_edition.counts_paragraph(SPEC), (
+        "stale: run python .ci/student_edition.py --out student --write-counts"
+    )
