@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import check_flow, check_image, check_same_spatial
+from ._nd import conv3d
 
 
 def mse_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -35,7 +36,7 @@ def box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
         shape, padding = [1] * ndim, [0] * ndim
         shape[axis], padding[axis] = window, window // 2
         kernel = torch.ones((channels, 1, *shape), dtype=x.dtype, device=x.device)
-        x = F.conv3d(x, kernel, padding=tuple(padding), groups=channels)
+        x = conv3d(x, kernel, padding=tuple(padding), groups=channels)
     return x
 
 

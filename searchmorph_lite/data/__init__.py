@@ -34,7 +34,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
 }
 DATASETS = tuple(REGISTRY)
 
-__all__ = ["DATASETS", "REGISTRY", "SPLITS", "data_root", "dataset_options", "load_dataset"]
+__all__ = ["DATASETS", "REGISTRY", "SPLITS", "data_root", "dataset_frame", "dataset_options", "load_dataset"]
 
 
 def _module(name: str):
@@ -46,6 +46,14 @@ def _module(name: str):
 def dataset_options(name: str) -> tuple[str, ...]:
     """Option names ``load_dataset(name, split, **options)`` accepts for dataset ``name``."""
     return tuple(_module(name).OPTIONS)
+
+
+def dataset_frame(name: str, options: dict) -> dict | None:
+    """The frame a model trained on ``name`` with ``options`` expects ({"axcodes", "voxel_mm", "shape"}), or None
+    for data without an anatomical orientation (echo sectors, prepared downloads): those register on the fixed
+    image's own grid."""
+    module = _module(name)
+    return module.frame(options) if hasattr(module, "frame") else None
 
 
 def load_dataset(name: str, split: str, **options: Any) -> Dataset:

@@ -46,7 +46,7 @@ from .common import (
     smooth_random_field,
     try_cache,
 )
-from .mni152 import LABEL_NAMES, NATIVE_SIZE, axial_slices
+from .mni152 import LABEL_NAMES, NATIVE_SIZE, axial_slices, frame  # noqa: F401 (frame: the dataset's model frame)
 
 ATLAS_Z_MM = 16
 # Slice offsets (mm from the atlas slice) each split draws its moving subjects from. The splits share no slice,

@@ -44,7 +44,19 @@ DEFAULT_NUM_PAIRS = {"train": 64, "val": 4, "test": 8}
 CONTRASTS = ("t1", "synthetic", "mixed")
 # control grids of the large- and small-scale warps: test uses sizes training never sees
 GRIDS = {"train": ((4, 5, 4), (6, 7, 6)), "val": ((4, 5, 4), (6, 7, 6)), "test": ((3, 4, 3), (7, 8, 7))}
-OPTIONS = ("seed", "num_pairs", "max_displacement", "contrast", "artifacts", "voxel_mm")
+OPTIONS = ("seed", "num_pairs", "max_displacement", "contrast", "artifacts", "voxel_mm", "residual_affine")
+
+
+def frame(options: dict) -> dict:
+    """The model frame of a brain3d run with these options: axis codes, voxel size (mm) and grid shape.
+
+    ``searchmorph register`` brings real volumes into this frame before the network sees them: array axis 0 runs
+    superior to inferior ("I"), axis 1 anterior to posterior ("P"), axis 2 from the subject's left to right ("R")
+    (nibabel's axis codes name the direction an index increases towards), at ``voxel_mm`` on a grid of
+    ``SIZES[voxel_mm]`` centred on the brain.
+    """
+    voxel = int(options.get("voxel_mm", 2))
+    return {"axcodes": ["I", "P", "R"], "voxel_mm": [float(voxel)] * 3, "shape": list(SIZES.get(voxel, NATIVE_SIZE))}
 
 
 def _block_mean(v: np.ndarray) -> np.ndarray:
@@ -101,14 +113,17 @@ def subject_deformation_3d(
     max_displacement: float,
     grids: tuple[tuple, tuple],
     shift: float = 3.0,
+    affine: float = 1.0,
 ) -> torch.Tensor:
     """A virtual subject's field (3, D, H, W) in voxels: affine jitter + two smooth warps, det(I + grad u) > 0.2.
 
     The affine part rotates up to 6 degrees per axis, scales up to 6 % and shifts up to ``shift`` voxels.
     Large scale on ``grids[0]`` with largest displacement U(0.3, 1) * ``max_displacement``, small scale on
     ``grids[1]`` with U(0, 0.25) * ``max_displacement``; the elastic part shrinks by 0.7 until it does not fold.
+    ``affine`` scales the affine part's angles, log-scales and shift (the same random draws: 1 is the default
+    jitter, 0.33 what is left after ``searchmorph register``'s affine stage, 0 none).
     """
-    angles = [math.radians(a) for a in rng.uniform(-6.0, 6.0, size=3)]
+    angles = [math.radians(a * affine) for a in rng.uniform(-6.0, 6.0, size=3)]
     rot = np.eye(3)
     for axis, a in enumerate(angles):
         i, j = [k for k in range(3) if k != axis]
@@ -116,8 +131,9 @@ def subject_deformation_3d(
         r[i, i] = r[j, j] = math.cos(a)
         r[i, j], r[j, i] = -math.sin(a), math.sin(a)
         rot = rot @ r
-    matrix = rot * math.exp(rng.uniform(-0.06, 0.06)) * np.exp(rng.uniform(-0.03, 0.03, size=3))[None]
-    offset = rng.uniform(-shift, shift, size=3)
+    scales = math.exp(rng.uniform(-0.06, 0.06) * affine) * np.exp(rng.uniform(-0.03, 0.03, size=3) * affine)
+    matrix = rot * scales[None]
+    offset = rng.uniform(-shift, shift, size=3) * affine
     grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"))
     centre = (np.array(shape, dtype=np.float64) - 1) / 2
     rel = grid - centre[:, None, None, None]
@@ -147,6 +163,7 @@ class Brain3D(Dataset):
         contrast: str | None = None,
         artifacts: bool = True,
         voxel_mm: int = 2,
+        residual_affine: float = 1.0,
     ) -> None:
         self.split = check_split(split, name=self.name)
         self.seed = check_positive_int(seed, "seed", minimum=0)
@@ -154,6 +171,13 @@ class Brain3D(Dataset):
         if isinstance(voxel_mm, bool) or voxel_mm not in SIZES:
             raise ValueError(f"voxel_mm must be one of {', '.join(map(str, SIZES))} (mm), got {voxel_mm!r}")
         self.voxel_mm, self.size = int(voxel_mm), SIZES[voxel_mm]
+        if isinstance(residual_affine, bool) or not isinstance(residual_affine, (int, float)):
+            raise ValueError(f"residual_affine must be a number in [0, 1], got {residual_affine!r}")
+        if not 0.0 <= residual_affine <= 1.0:
+            raise ValueError(
+                f"residual_affine must lie in [0, 1] (a fraction of the default jitter), got {residual_affine}"
+            )
+        self.residual_affine = float(residual_affine)
         self._voxel_scale = 2.0 / self.voxel_mm  # lengths given in 2 mm voxels -> this dataset's voxels
         if max_displacement is None:
             max_displacement = 10.0 / self.voxel_mm
@@ -180,8 +204,13 @@ class Brain3D(Dataset):
 
     def _subject(self, rng: np.random.Generator, kind: str, tissue: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         flow = subject_deformation_3d(
-            rng, self.size, self.max_displacement, GRIDS[self.split], shift=3.0 * self._voxel_scale
-        )[None]
+            rng,
+            self.size,
+            self.max_displacement,
+            GRIDS[self.split],
+            shift=3.0 * self._voxel_scale,
+            affine=self.residual_affine,
+        )  # fmt: skip[None]
         t1, p_gm, p_wm = warp(self._maps, flow)[0]
         labels = warp(self._labels, flow, mode="nearest")[0].long()
         if kind == "synthetic":

@@ -52,7 +52,7 @@ from .common import (
     smooth_random_field,
     try_cache,
 )
-from .mni152 import LABEL_NAMES, NATIVE_SIZE, axial_slices
+from .mni152 import LABEL_NAMES, NATIVE_SIZE, axial_slices, frame  # noqa: F401 (frame: the dataset's model frame)
 
 Z_RANGE_MM = (-40, 64)  # slices with enough brain for a 192 x 160 crop to be mostly brain
 FAR_Z_MM = tuple(range(-52, -43)) + tuple(range(68, 75))  # "far" out-of-distribution slices, outside Z_RANGE_MM

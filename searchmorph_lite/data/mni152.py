@@ -64,3 +64,17 @@ def axial_slices(z_mm: Sequence[int]) -> dict[str, np.ndarray]:
         "brain": brain.astype(np.uint8),
         "labels": labels,
     }
+
+
+def frame(options: dict) -> dict:
+    """The model frame of a run on this dataset: rows anterior to posterior ("P"), columns left to right ("R"),
+    192 x 160 pixels of 1 mm (``image_size`` rescales the pixel: 96 x 80 pixels are 2 mm), as
+    :func:`mni152.axial_slices` cuts them. ``searchmorph register`` brings 2D NIfTI images into this frame."""
+    from .common import as_size  # lazy: common imports torch
+
+    size = as_size(options.get("image_size", NATIVE_SIZE))
+    return {
+        "axcodes": ["P", "R"],
+        "voxel_mm": [NATIVE_SIZE[0] / size[0], NATIVE_SIZE[1] / size[1]],
+        "shape": list(size),
+    }
