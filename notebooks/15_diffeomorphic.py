@@ -61,6 +61,7 @@ import torch
 import torch.nn.functional as F
 
 import searchmorph_lite as sm
+from searchmorph_lite.book import synchronize
 from searchmorph_lite.data import load_dataset
 from searchmorph_lite.provenance import card_of, describe, hardware_line
 
@@ -389,6 +390,14 @@ print(
         else ": the same seconds within 5 %"
     )
 )
+ref = sm.load_pretrained("brain2d").metadata or {}  # chapter 11's model
+ref_cpu = ref.get("train_cpu_seconds") or sum(
+    ref.get("history", {}).get("cpu_seconds", [])
+)
+print(
+    f"each had about 1/{ref_cpu / cpu_d:.0f} of the training CPU seconds of chapter "
+    f"11's brain2d ({ref_cpu:.0f} s): a comparison of the two fields early in training"
+)
 
 # %% [markdown]
 # Each test pair is scored as `benchmarks/beyond.py`'s `score` does, so the live numbers can be tied to its stored
@@ -639,9 +648,11 @@ with torch.no_grad():
     )
     assert torch.allclose(out.flow, sm.integrate_velocity(out.velocity, 7))
     vel = out.velocity
+    synchronize(device)  # on a GPU: time the kernels, not their queueing
     start = time.perf_counter()
     for _ in range(10):
         sm.integrate_velocity(vel, model.config.integration_steps)
+    synchronize(device)
     t_exp = (time.perf_counter() - start) / 10
 print(
     f"exp(v) of one 192 x 160 velocity, {model.config.integration_steps} squarings: "
