@@ -210,7 +210,7 @@ class Brain3D(Dataset):
             GRIDS[self.split],
             shift=3.0 * self._voxel_scale,
             affine=self.residual_affine,
-        )  # fmt: skip[None]
+        )[None]
         t1, p_gm, p_wm = warp(self._maps, flow)[0]
         labels = warp(self._labels, flow, mode="nearest")[0].long()
         if kind == "synthetic":
