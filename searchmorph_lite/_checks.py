@@ -14,8 +14,11 @@ def check_image(x: torch.Tensor, name: str, ndim: int | None = None) -> None:
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim not in (4, 5):
         raise ValueError(f"{name} must have shape (B, C, H, W) or (B, C, D, H, W), got {x.ndim} dims {tuple(x.shape)}")
-    if ndim is not None and x.ndim - 2 != ndim:
-        raise ValueError(f"{name} must have {ndim} spatial axes, got shape {tuple(x.shape)}")
+    if ndim is not None and x.ndim - 2 != ndim:  # ndim is the model's: say which side does not fit
+        raise ValueError(
+            f"{name} has {x.ndim - 2} spatial axes (shape {tuple(x.shape)}) but the model is {ndim}D (its config's "
+            f"ndim): give {ndim}D images, or a {x.ndim - 2}D model"
+        )
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if not torch.isfinite(x).all():

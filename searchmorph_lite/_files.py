@@ -11,6 +11,8 @@ and the JSON writer that never writes NaN (:func:`json_text`).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
@@ -18,7 +20,7 @@ import re
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,25 @@ def remove_stale_temporaries(target: str | os.PathLike, older_than_s: float = ST
     return removed
 
 
+class DiskFullError(OSError):
+    """A write failed because the disk (or the user's quota) is full; the message names the file."""
+
+
+def _disk_full(err: BaseException, folder: Path) -> bool:
+    """True when ``err``, raised while writing into ``folder``, comes from a full disk or quota.
+
+    torch's zip writer reports a full disk as a RuntimeError ("unexpected pos ..."), so besides ENOSPC and
+    EDQUOT a write that failed on a file system with under 64 KiB left counts as one.
+    """
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 16
+
+
 def atomic_write_many(items: Sequence[tuple[str | os.PathLike, Writer]]) -> list[Path]:
     """Paths written: each ``writer(temp)`` fills a temporary beside its target; only when all succeeded are
     they renamed onto their targets, so a failure leaves every target as it was."""
@@ -109,9 +130,18 @@ def atomic_write_many(items: Sequence[tuple[str | os.PathLike, Writer]]) -> list
         for target, (_, writer) in zip(targets, items):
             target.parent.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(target)
-            temps.append(_temp_beside(target))
-            writer(temps[-1])
-            _flush_to_disk(temps[-1])
+            try:
+                temps.append(_temp_beside(target))
+                writer(temps[-1])
+                _flush_to_disk(temps[-1])
+            except (OSError, RuntimeError) as err:
+                if not _disk_full(err, target.parent):
+                    raise
+                kept = "the existing file is unchanged" if target.exists() else "nothing was written"
+                raise DiskFullError(
+                    f"cannot write {target}: the disk is full (no space left in {target.parent}); {kept}, free some "
+                    f"space and run again"
+                ) from None
         for target, tmp in zip(targets, temps):
             os.replace(tmp, target)
     finally:
@@ -155,8 +185,37 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1)
     return atomic_write_text(path, json_text(obj, indent=indent) + "\n")
 
 
+def path_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as a file or folder, in words ("is a FIFO (named pipe), not a file", "is a
+    symbolic link loop ..."), or None when it is a file, a folder, or does not exist."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            return None  # missing, or a dangling link: the caller's "not found" says it
+        if path.is_symlink():
+            return "is a symbolic link loop (it leads back to itself)"
+        loop = next((p for p in path.parents if p.is_symlink() and path_problem(p)), path.parent)
+        return f"is inside {loop}, a symbolic link loop"
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "is a FIFO (named pipe), not a file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "is a device, not a file"
+    return "is not a regular file"
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop
+        return path.absolute()
+
+
 def _same_file(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():
+    if _resolved(a) == _resolved(b):
         return True
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)  # hard links, bind mounts
@@ -170,6 +229,9 @@ def check_writable_folder(path: str | os.PathLike, label: str) -> None:
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         if parent.is_symlink():  # a dangling link: mkdir would fail later
+            problem = path_problem(parent)
+            if problem:
+                raise ValueError(f"{label} {path}: {parent} {problem}")
             break
         parent = parent.parent
     if parent.exists() and not parent.is_dir():
@@ -187,7 +249,8 @@ def check_output_paths(
 
     ``outputs`` and ``inputs`` map a label (e.g. "--out") to a path (None entries are skipped). Refused: a wrong
     suffix (when ``suffixes`` is given), an existing folder, a parent that is a file or not writable, two outputs
-    that are one file, and an output that is an input (compared as resolved paths and by inode, so links count).
+    that are one file, an output that is an input (compared as resolved paths and by inode, so links count), and
+    any input or output that is a symbolic link loop, a FIFO or a device (reading a FIFO would wait forever).
     An existing output file that is no input is replaced, as every command line tool does.
     """
     for label, p in outputs.items():
@@ -195,6 +258,10 @@ def check_output_paths(
             raise ValueError(f"{label} is an empty path; give a file name")
     outs = {label: Path(p) for label, p in outputs.items() if p is not None}
     ins = {label: Path(p) for label, p in (inputs or {}).items() if p is not None and str(p).strip()}
+    for label, path in {**ins, **outs}.items():
+        problem = path_problem(path)
+        if problem:
+            raise ValueError(f"{label} {str(path)!r} {problem}")
     for label, path in outs.items():
         if path.is_dir():
             example = path / ("out" + (suffixes[0] if suffixes else ""))
@@ -210,3 +277,51 @@ def check_output_paths(
         for label, path in ins.items():
             if _same_file(outs[a], path):
                 raise ValueError(f"{a} {outs[a]} is the {label} input: writing it would destroy the input")
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (``fcntl.flock``) for the ``with`` block; the file holds the
+    holder's "pid N on HOST since TIME" and is removed on release.
+
+    ValueError "``what`` is in use by pid N on HOST since TIME" when another process (or another ``with`` in this
+    one) holds it. The operating system releases the lock of a killed process, so a kill never leaves a folder
+    locked; a stale file without a holder is simply taken over. On a file system without locks (some network
+    mounts) one warning says so and the block runs unlocked.
+    """
+    import fcntl
+    import socket
+    import warnings
+
+    path = Path(path)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise ValueError(f"{what} is in use by {holder}; wait for it to end, or use another folder") from None
+        except OSError as err:  # ENOLCK, EOPNOTSUPP: no locks on this file system
+            os.close(fd)
+            warnings.warn(f"cannot lock {path} ({err.strerror}): nothing stops a second run in {what}", stacklevel=3)
+            fd = None
+            break
+        try:  # the last holder may have removed the file between our open and flock: lock the one on disk
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    if fd is None:
+        yield
+        return
+    try:
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()  # while still holding it, so no one locks a file that is about to go
+        os.close(fd)

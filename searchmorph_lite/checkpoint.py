@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
+import math
 import os
 import re
 import warnings
@@ -21,7 +23,7 @@ import torch
 from torch import nn
 
 from ._checks import check_device, one_line
-from ._files import atomic_write
+from ._files import atomic_write, path_problem
 from .baselines import VoxelMorph, VoxelMorphConfig
 from .model import SearchMorph, SearchMorphConfig
 
@@ -36,6 +38,8 @@ _RENAMES_V1 = (  # (old prefix, new prefix) of SearchMorph keys, format 1 -> 2
     ("context_encoder.head.", "encoder.context_head.conv."),
     ("init_hidden.", "iterator.init_hidden."),
 )
+# Weights beyond this size come only from a diverged training: trained models here stay below 100.
+MAX_WEIGHT = 1e6
 MODELS = {"SearchMorph": (SearchMorph, SearchMorphConfig), "VoxelMorph": (VoxelMorph, VoxelMorphConfig)}
 
 
@@ -65,11 +69,17 @@ def check_model_config(kind: str, config: dict | None = None) -> object:
         raise ValueError(f"{kind} config must be a mapping of fields, got {type(config).__name__}")
     config_cls = MODELS[kind][1]
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
-    unknown = sorted(str(k) for k in set(config) - set(fields))
+    unknown = sorted((k for k in set(config) - set(fields)), key=str)
     if unknown:
-        raise ValueError(f"{kind} config: unknown field(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+        raise ValueError(
+            f"{kind} config: unknown field(s) {', '.join(repr(k) for k in unknown)}; known: {', '.join(fields)}"
+        )
     for name, value in config.items():
         _check_field_type(kind, name, fields[name].type, value)
+        if str(fields[name].type).startswith("tuple[int") and (not value or min(value) < 1):
+            raise ValueError(f"{kind} config: {name} must be a non-empty list of integers >= 1, got {list(value)!r}")
+        if name == "in_channels" and value < 1:
+            raise ValueError(f"{kind} config: in_channels must be an integer >= 1, got {value!r}")
     try:
         return config_cls(**config)
     except (TypeError, ValueError) as err:
@@ -92,9 +102,25 @@ def state_digest(kind: str, config: dict, state: dict) -> str:
     return h.hexdigest()
 
 
+# Entries of a checkpoint besides the model that :func:`metadata_digest` covers: what a resume trusts (the config
+# it ran with, the epoch, the history). Files written before it had no "metadata_sha256"; they still load.
+DIGESTED_EXTRAS = ("metadata", "epoch", "history")
+
+
+def metadata_digest(ckpt: dict) -> str:
+    """SHA-256 (64 hex digits) of a checkpoint's metadata, epoch and history (as JSON, NaN as null): what
+    :func:`save_checkpoint` stores as "metadata_sha256" and :func:`read_checkpoint` verifies."""
+    from ._files import json_safe
+
+    entries = json_safe({k: ckpt.get(k) for k in DIGESTED_EXTRAS})
+    return hashlib.sha256(json.dumps(entries, sort_keys=True, default=repr).encode()).hexdigest()
+
+
 def atomic_save(obj: object, path: str | os.PathLike) -> None:
     """``torch.save`` through the library's atomic writer: a crash never leaves half a file."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    buffer = io.BytesIO()  # serialised first: a full disk then fails in a plain write, which says so (OSError)
+    torch.save(obj, buffer)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, metadata: dict | None = None, **extra) -> None:
@@ -117,6 +143,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, metadata: dict | 
     }
     ckpt.update(extra)
     ckpt["sha256"] = state_digest(kind, config, state)
+    ckpt["metadata_sha256"] = metadata_digest(ckpt)
     atomic_save(ckpt, path)
 
 
@@ -135,8 +162,11 @@ def checkpoint_file(path: str | os.PathLike) -> Path:
         raise FileNotFoundError(
             f"{path} is a folder without checkpoint.pt (a training run folder holds one after its first epoch)"
         )
+    problem = path_problem(path)
+    if problem:
+        raise ValueError(f"checkpoint {str(path)!r} {problem}")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
     return path
 
 
@@ -193,9 +223,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     its weights hold NaN or inf. The "format" entry says which format the file itself is in.
     """
     path = checkpoint_file(path)
+    try:
+        with open(path, "rb"):  # zipfile.is_zipfile and torch.load would hide a permission error
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot read checkpoint {path}: {err.strerror or one_line(err)}") from None
     if path.stat().st_size == 0:
         raise ValueError(f"cannot read checkpoint {path}: the file is empty")
-    if zipfile.is_zipfile(path):
+    is_zip = zipfile.is_zipfile(path)
+    if is_zip:
         _check_zip_crcs(path)
     ckpt = _torch_load(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("format"), str):
@@ -217,19 +253,87 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"{path}: state_dict entry {key!r} is a {type(value).__name__}, not a tensor")
-    if "sha256" in ckpt and ckpt["sha256"] != state_digest(ckpt["model"], ckpt["config"], state):
-        raise ValueError(
-            f"{path} is damaged: its weights do not match the SHA-256 digest stored when it was saved; restore it "
-            f"from a backup or download/train it again"
-        )
+    _verify_digests(ckpt, path, is_zip)
+    check_metadata(ckpt, path)
     for key, value in state.items():
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise ValueError(f"{path}: weight {key!r} holds NaN or inf values, so the checkpoint is unusable")
+        if value.is_floating_point() and value.numel() and float(value.abs().max()) > MAX_WEIGHT:
+            raise ValueError(
+                f"{path}: weight {key!r} holds values up to {float(value.abs().max()):.3g} (trained weights stay "
+                f"far below {MAX_WEIGHT:.0g}): the training that wrote it diverged, so the checkpoint is unusable"
+            )
     try:
         ckpt["state_dict"] = upgrade_state_dict(ckpt["model"], state, ckpt["format"])
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
     return ckpt
+
+
+def _verify_digests(ckpt: dict, path: Path, is_zip: bool) -> None:
+    """Raise ValueError when the weights or the metadata differ from the digests stored when ``ckpt`` was saved.
+
+    A format-2 file always has its weights digest ("sha256"); a file without one is refused. Format-1 files have
+    none: in a zip archive their bytes are still checked by the CRC-32 of every member, and a legacy (non-zip)
+    format-1 file, which has neither, gets one warning that it cannot be verified. Files written before the
+    metadata digest ("metadata_sha256") load as they are.
+    """
+    if ckpt["format"] != READABLE_FORMATS[0] and not isinstance(ckpt.get("sha256"), str):
+        raise ValueError(
+            f"{path} has no 'sha256' entry: every {ckpt['format']} file stores the digest of its weights, so its "
+            f"weights cannot be verified; restore it from a backup or download/train it again"
+        )
+    if "sha256" in ckpt and ckpt["sha256"] != state_digest(ckpt["model"], ckpt["config"], ckpt["state_dict"]):
+        raise ValueError(
+            f"{path} is damaged: its weights do not match the SHA-256 digest stored when it was saved; restore it "
+            f"from a backup or download/train it again"
+        )
+    if "metadata_sha256" in ckpt and ckpt["metadata_sha256"] != metadata_digest(ckpt):
+        raise ValueError(
+            f"{path} is damaged: its metadata, epoch or history do not match the SHA-256 digest stored when it was "
+            f"saved; restore it from a backup or download/train it again"
+        )
+    if not is_zip and "sha256" not in ckpt:
+        warnings.warn(
+            f"{path} is a legacy (non-zip) checkpoint without a digest: its weights cannot be verified", stacklevel=3
+        )
+
+
+# Metadata entries that inference reads: (check, what it must be). A wrong one is refused when the file loads,
+# naming the file and the entry, instead of failing later inside register().
+_METADATA_CHECKS = {
+    "refine_steps": (lambda v: _is_int(v) and 0 <= v <= 10000, "a whole number of steps from 0 to 10000"),
+    "refine_levels": (lambda v: _is_int(v) and 1 <= v <= 8, "a whole number of pyramid levels from 1 to 8"),
+    "refine_lr": (lambda v: _is_number(v) and 0 < v < 1e3, "a step size in pixels, > 0"),
+    "train_config": (lambda v: isinstance(v, dict), "a mapping of TrainConfig fields"),
+    "history": (lambda v: isinstance(v, dict), "a mapping of per-epoch lists"),
+    "config_changes": (lambda v: isinstance(v, list), "a list of changes"),
+}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_metadata(ckpt: dict, path: str | os.PathLike) -> None:
+    """Raise ValueError naming ``path`` and the entry when the metadata of ``ckpt`` is not a mapping, or an entry
+    that inference or a resume reads (refine_steps, refine_lr, train_config, ...) has the wrong type or range."""
+    metadata = ckpt.get("metadata")
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path}: its 'metadata' entry is a {type(metadata).__name__}, not a mapping")
+    for key, (ok, what) in _METADATA_CHECKS.items():
+        if key in metadata and not ok(metadata[key]):
+            raise ValueError(f"{path}: metadata {key!r} must be {what}, got {metadata[key]!r}")
+    train_config = metadata.get("train_config") or {}
+    for key, ok, what in (("similarity", lambda v: isinstance(v, str), "a name"), ("alpha", _is_number, "a number")):
+        if key in train_config and not ok(train_config[key]):
+            raise ValueError(f"{path}: metadata train_config.{key} must be {what}, got {train_config[key]!r}")
 
 
 def upgrade_state_dict(kind: str, state: dict, version: str) -> dict:

@@ -9,9 +9,13 @@ unexpected error (a bug) is one line too, with exit code 1; SEARCHMORPH_TRACEBAC
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
+import re
 import sys
 import warnings
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -124,8 +128,8 @@ def _checkpoint_spec(spec: str) -> tuple[str, Path | None]:
                 f"note: --checkpoint {spec} is the pretrained model; write ./{spec} for the local one", file=sys.stderr
             )
         return "pretrained", None
-    if not Path(spec).exists():
-        raise FileNotFoundError(f"checkpoint not found: {spec} (pretrained names: {', '.join(PRETRAINED)})")
+    if not Path(spec).exists() and not Path(spec).is_symlink():
+        raise FileNotFoundError(f"checkpoint not found: {spec!r} (pretrained names: {', '.join(PRETRAINED)})")
     return "file", checkpoint_file(spec)
 
 
@@ -134,12 +138,8 @@ def _load_model(spec: str, device: str | None):
     from .checkpoint import load_checkpoint
     from .pretrained import load_pretrained
 
-    kind, path = _checkpoint_spec(spec)
+    kind, path = _checkpoint_spec(spec)  # which prints the note when a local file shadows a pretrained name
     if kind == "pretrained":
-        if Path(spec).exists():
-            print(
-                f"note: --checkpoint {spec} is the pretrained model; write ./{spec} for the local one", file=sys.stderr
-            )
         return load_pretrained(spec, device=device)
     return load_checkpoint(path, device=device)
 
@@ -156,7 +156,7 @@ def _refine_steps(text: str) -> int | str:
     """--refine's value: "auto" or a whole number of steps >= 0 (argparse turns a ValueError into one line)."""
     if text == "auto":
         return text
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # "²".isdigit() is True, but int("²") fails
         raise argparse.ArgumentTypeError(f"--refine takes a number of steps (0, 30, 100, ...) or auto, got {text!r}")
     return int(text)
 
@@ -252,6 +252,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     dataset_options(args.dataset)  # an unknown name fails before the model loads
     device = check_device(args.device)
     model = _load_model(args.checkpoint, device)
+    if args.iterations is not None and not hasattr(model.config, "iterations"):
+        raise ValueError(
+            f"--iterations is for models that iterate (SearchMorph); --checkpoint {args.checkpoint!r} holds a "
+            f"{type(model).__name__}, which does not"
+        )
     dataset = load_dataset(args.dataset, args.split)
     metrics = evaluate(model, dataset, max_pairs=args.max_pairs, iterations=args.iterations)
     summary = {k: metrics[k] for k in ("dice_mean", "folding_mean", "labels") if k in metrics}
@@ -326,13 +331,47 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {one_line(message)}", file=sys.stderr if file is None else file)
 
 
+class _LogLine(logging.Handler):
+    """A library's log record (nibabel's header fixes, torch's notices) as one ``warning: <library>: ...`` line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        library = record.name.split(".")[0] or "log"
+        print(f"warning: {one_line(f'{library}: {record.getMessage()}')}", file=sys.stderr)
+
+
+# Loggers that print on their own (nibabel.global has its own stderr handler) and the root, which reaches the rest
+_LOGGERS = ("nibabel.global", "torch", "")
+
+
+@contextlib.contextmanager
+def _library_logs_as_lines() -> Iterator[None]:
+    """Route library log records through :class:`_LogLine` for the ``with`` block, then restore the handlers."""
+    handler = _LogLine(logging.WARNING)
+    saved = []
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.handlers[:], logger.propagate))
+        logger.handlers = [handler]
+        logger.propagate = not name  # the root has no parent; the others must not print twice through it
+    try:
+        yield
+    finally:
+        for logger, handlers, propagate in saved:
+            logger.handlers, logger.propagate = handlers, propagate
+
+
+# torch, numpy and the C allocator each word an exhausted memory differently
+_OUT_OF_MEMORY = re.compile(r"out of memory|can'?t allocate memory|not enough memory|unable to allocate", re.I)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (0 ok, 2 on a readable error, 1 on an unexpected one, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     previous = warnings.showwarning
     warnings.showwarning = _warning_line  # a library warning is one line too, never a code excerpt
     try:
-        args.func(args)
+        with _library_logs_as_lines():
+            args.func(args)
     except KeyboardInterrupt:
         print("error: interrupted (every output is written whole or not at all)", file=sys.stderr)
         return 130
@@ -342,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if os.environ.get("SEARCHMORPH_TRACEBACK"):
             raise
-        if "out of memory" in str(err).lower():
+        if isinstance(err, MemoryError) or _OUT_OF_MEMORY.search(str(err)):
             print(f"error: out of memory: {one_line(err, 300)}; use a smaller image or batch", file=sys.stderr)
             return 2
         print(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib
 import json
 import math
 import random
 import sys
 import time
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,8 +22,9 @@ from torch.utils.data import DataLoader
 
 from . import distributed
 from ._checks import check_device, check_positive, one_line
-from ._files import check_writable_folder, json_safe
+from ._files import check_writable_folder, exclusive_lock, json_safe, path_problem
 from .checkpoint import (
+    MAX_WEIGHT,
     build_model,
     check_model_config,
     load_weights,
@@ -30,6 +35,10 @@ from .checkpoint import (
 from .losses import folding_barrier, grad_l2_loss, similarity_loss
 from .metrics import dice, folding_ratio
 from .model import RegistrationResult
+
+MAX_SEED = 2**32 - 1
+# A loss this many times the first epoch's (at least 1 in size) has exploded: the optimisation left its basin.
+LOSS_EXPLODED = 1e6
 
 
 @dataclass(frozen=True)
@@ -54,12 +63,17 @@ class TrainConfig:
     val_pairs: int = 16  # validation pairs scored after every epoch (0 = none)
     val_options: dict = field(default_factory=dict)  # load_dataset options of the validation split, on top of
     # dataset_options (e.g. {"variability": "wide"}); num_pairs never passes to validation
-    # Budget and schedule for long runs. A budget in CPU seconds of the training steps (forward, loss, backward,
-    # Adam; not data generation or validation) makes runs comparable across models and machines under load:
-    # train two models for the same max_cpu_seconds, one thread each, and they had the same compute. Under
-    # torchrun the budget is the CPU seconds of all processes summed (history["cpu_seconds"] holds that sum), so
+    # Budget and schedule for long runs. A budget in seconds of the training steps (forward, loss, backward, Adam;
+    # not data generation or validation) makes runs comparable across models: train two models for the same
+    # max_seconds and they had the same compute. The clock is the device's (budget_clock): on a CPU the process's
+    # CPU seconds, which a machine under load does not move (one thread each); on a GPU wall-clock seconds with
+    # the GPU synchronised around each step (its kernels run asynchronously, so the CPU's clock would stop
+    # early). Under torchrun the budget is the seconds of all processes summed (history["budget_seconds"]), so
     # N processes spend it about N times sooner in wall time and every process stops at the same step.
-    max_cpu_seconds: float = 0.0  # stop once the training steps used this much process CPU time (0: no budget)
+    max_seconds: float = 0.0  # stop once the training steps used this many seconds of the device's clock (0: none)
+    # The budget's name from before GPUs, the same budget in the same clock (configs and checkpoints that set it
+    # keep working); give max_seconds or max_cpu_seconds, not both
+    max_cpu_seconds: float = 0.0
     # Beyond eq. 9: + fold_weight * mean(relu(0.1 - det J)) on every iteration's field (losses.folding_barrier),
     # which penalises folding itself rather than only steep fields (0: the paper's loss)
     fold_weight: float = 0.0
@@ -87,6 +101,8 @@ class TrainConfig:
         for name, low in (("epochs", 1), ("batch_size", 1), ("seed", 0), ("val_pairs", 0)):
             if getattr(self, name) < low:
                 raise ValueError(f"TrainConfig.{name} must be >= {low}, got {getattr(self, name)}")
+        if self.seed > MAX_SEED:  # numpy's generator takes 32 bits
+            raise ValueError(f"TrainConfig.seed must be at most 2**32 - 1 = {MAX_SEED}, got {self.seed}")
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if self.alpha < 0:
@@ -102,8 +118,14 @@ class TrainConfig:
         check_options(self.dataset, self.dataset_options, dataset_options(self.dataset))
         check_options(self.dataset, self.val_options, dataset_options(self.dataset))
         check_model_config(self.model, self.model_config)
-        if self.max_cpu_seconds < 0:
-            raise ValueError(f"TrainConfig.max_cpu_seconds must be >= 0 (0: no budget), got {self.max_cpu_seconds}")
+        for name in ("max_seconds", "max_cpu_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0 (0: no budget), got {getattr(self, name)}")
+        if self.max_seconds and self.max_cpu_seconds and self.max_seconds != self.max_cpu_seconds:
+            raise ValueError(
+                f"TrainConfig.max_seconds ({self.max_seconds}) and max_cpu_seconds ({self.max_cpu_seconds}) are one "
+                f"budget (max_cpu_seconds is its older name); give one of them"
+            )
         if not isinstance(self.fresh_pairs, bool):
             raise ValueError(f"TrainConfig.fresh_pairs must be true or false, got {self.fresh_pairs!r}")
         if self.fresh_pairs and "seed" not in dataset_options(self.dataset):
@@ -124,6 +146,11 @@ class TrainConfig:
         if iters and self.model != "SearchMorph":
             raise ValueError(f"TrainConfig.train_iterations is for SearchMorph; {self.model} has no iterations")
 
+    @property
+    def budget_seconds(self) -> float:
+        """The training budget in seconds of the device's clock (:func:`budget_clock`); 0 for none."""
+        return self.max_seconds or self.max_cpu_seconds
+
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
         """Config read from a .json or .yaml file, with keyword ``overrides`` (None values ignored).
@@ -135,8 +162,11 @@ class TrainConfig:
         path = Path(path)
         if path.is_dir():
             raise ValueError(f"config {path} is a folder, not a .yaml or .json file")
+        problem = path_problem(path)
+        if problem:
+            raise ValueError(f"config {str(path)!r} {problem}")
         if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
+            raise FileNotFoundError(f"config file not found: {str(path)!r}")
         if path.suffix.lower() not in (".yaml", ".yml", ".json"):
             raise ValueError(f"config {path} must be a .yaml, .yml or .json file")
         try:
@@ -251,6 +281,8 @@ def evaluate(
     if max_pairs is not None:
         max_pairs = check_positive(max_pairs, "max_pairs")
     batch_size = check_positive(batch_size, "batch_size")
+    if iterations is not None and not hasattr(getattr(model, "config", None), "iterations"):
+        raise ValueError(f"iterations is for models that iterate (SearchMorph); a {type(model).__name__} does not")
     kwargs = forward_kwargs(model, iterations)
     check_weights(model)
     device = check_device(device) if device is not None else next(model.parameters()).device
@@ -258,13 +290,22 @@ def evaluate(
     n = len(dataset) if max_pairs is None else min(max_pairs, len(dataset))
     if n == 0:
         raise ValueError("the dataset to evaluate on has no pairs")
+    _check_model_fits(model, dataset[0]["moving"])
     loader = DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=batch_size)
     out: dict = {"dice": [], "folding": [], "ncc_before": [], "ncc_after": [], "seconds": []}
     labels = None
     for batch in loader:
         batch = _batch_to(batch, device)
         start = time.perf_counter()
-        result = model(batch["moving"], batch["fixed"], **kwargs)
+        try:
+            result = model(batch["moving"], batch["fixed"], **kwargs)
+        except ValueError as err:
+            if "flow contains NaN or inf" not in str(err):
+                raise
+            raise ValueError(  # the field is the model's output here, not the caller's input
+                f"the model returned NaN or inf displacements: its weights are broken (largest |weight| "
+                f"{_largest_weight(model):.3g})"
+            ) from None
         elapsed = (time.perf_counter() - start) / batch["moving"].shape[0]
         out["folding"] += folding_ratio(result.flow).tolist()
         out["seconds"] += [elapsed] * batch["moving"].shape[0]
@@ -282,6 +323,21 @@ def evaluate(
         out["dice_mean"] = float(np.nanmean(np.nanmean(np.array(out["dice"], dtype=float), axis=1)))
     out["folding_mean"] = float(np.mean(out["folding"]))
     return out
+
+
+def _check_model_fits(model: nn.Module, image: torch.Tensor) -> None:
+    """Raise ValueError, blaming the model, when the dataset's images (C, *S) do not fit its ndim or channels."""
+    kind, ndim, channels = type(model).__name__, getattr(model, "ndim", None), getattr(model, "in_channels", None)
+    if ndim is not None and image.ndim - 1 != ndim:
+        raise ValueError(
+            f"the model is a {ndim}D {kind} (config ndim={ndim}) but the dataset's images are {image.ndim - 1}D; "
+            f"evaluate it on a {ndim}D dataset"
+        )
+    if channels is not None and image.shape[0] != channels:
+        raise ValueError(
+            f"the model is a {kind} for {channels}-channel images (config in_channels={channels}) but the dataset's "
+            f"images have {image.shape[0]}"
+        )
 
 
 # Keys of a TrainConfig that a resumed run may change only when asked (allow_config_change): the new values apply
@@ -322,7 +378,10 @@ def _check_resume(ckpt: dict, cfg: TrainConfig, path: Path, allow_config_change:
     model_diff = _flat_diff({"model": ckpt["model"]}, {"model": cfg.model})
     if not model_diff:
         # the checkpoint's config through today's dataclass, so fields added since (at their defaults) match
-        saved = check_model_config(ckpt["model"], ckpt["config"]).to_dict()
+        try:
+            saved = check_model_config(ckpt["model"], ckpt["config"]).to_dict()
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
         model_diff = _flat_diff(saved, check_model_config(cfg.model, cfg.model_config).to_dict())
         model_diff = {f"model_config.{k}": v for k, v in model_diff.items()}
     if model_diff:
@@ -330,9 +389,22 @@ def _check_resume(ckpt: dict, cfg: TrainConfig, path: Path, allow_config_change:
             f"{path} was trained with another model/config ({_describe(model_diff)}); its weights belong to that "
             f"model, so train into a new --out folder"
         )
+    if "metadata_sha256" not in ckpt:
+        warnings.warn(
+            f"{path} was written before checkpoints carried a digest of their metadata: the training config it "
+            f"records cannot be verified",
+            stacklevel=3,
+        )
     old = (ckpt.get("metadata") or {}).get("train_config")
     if not isinstance(old, dict):
-        return {}
+        if not allow_config_change:
+            raise ValueError(
+                f"{path} records no training config (metadata 'train_config'), so this resume cannot be checked "
+                f"against the config it ran with; pass --allow-config-change (allow_config_change=True) to continue "
+                f"it with this config from epoch {ckpt['epoch'] + 1} on (its metadata records that the earlier "
+                f"config is unknown)"
+            )
+        return {"train_config": ("<unrecorded>", "<this config>")}
     # fields added to TrainConfig since the checkpoint was written ran at their defaults: they match those
     defaults = {
         f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
@@ -340,7 +412,13 @@ def _check_resume(ckpt: dict, cfg: TrainConfig, path: Path, allow_config_change:
         if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
     }
     old = {**json_safe(defaults), **old}
-    diff = _flat_diff(old, json_safe(dataclasses.asdict(cfg)), skip=("epochs", *MODEL_KEYS))
+    new = json_safe(dataclasses.asdict(cfg))
+    if old.get("dataset") == new["dataset"] and isinstance(old.get("dataset_options"), dict):
+        # an option given at its default (seed: 0) is the option left out: compare what the loader ran with
+        option_defaults = json_safe(_option_defaults(cfg.dataset))
+        old["dataset_options"] = {**option_defaults, **old["dataset_options"]}
+        new["dataset_options"] = {**option_defaults, **new["dataset_options"]}
+    diff = _flat_diff(old, new, skip=("epochs", *MODEL_KEYS))
     if diff and not allow_config_change:
         raise ValueError(
             f"{path} was trained with another config: {_describe(diff)}. Resume with the checkpoint's values, "
@@ -353,6 +431,20 @@ def _check_resume(ckpt: dict, cfg: TrainConfig, path: Path, allow_config_change:
             f"(--epochs) to continue it"
         )
     return diff
+
+
+def _option_defaults(name: str) -> dict:
+    """The default of every ``load_dataset(name, ...)`` option that has one (read from its loader's signature)."""
+    import inspect
+
+    from .data import REGISTRY
+
+    try:
+        module = importlib.import_module(f".data.{REGISTRY[name][0]}", __package__)
+        parameters = inspect.signature(getattr(module, REGISTRY[name][1])).parameters.values()
+    except (KeyError, ImportError, AttributeError, TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
 def validation_options(dataset_options: dict, val_options: dict) -> dict:
@@ -373,9 +465,18 @@ def _load_split(name: str, split: str, options: dict):
 
 def check_run_folder(out_dir: str | Path, resume: bool) -> Path:
     """``out_dir/checkpoint.pt``, checked before any work: ValueError when the folder is a file, is not writable,
-    or already holds a checkpoint that ``resume`` is not asked to continue (a run is never overwritten)."""
+    or already holds a checkpoint that ``resume`` is not asked to continue (a run is never overwritten);
+    FileNotFoundError when ``resume`` names a folder that does not exist (a mistyped path would start afresh)."""
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
+    problem = path_problem(out_dir)
+    if problem:
+        raise ValueError(f"run folder {str(out_dir)!r} {problem}")
+    if resume and not out_dir.exists():
+        raise FileNotFoundError(
+            f"nothing to resume: the run folder {str(out_dir)!r} does not exist (check the path; leave out --resume "
+            f"(resume=False) to start a new run there)"
+        )
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"run folder {out_dir} is a file; training writes a folder (checkpoint.pt inside)")
     if ckpt_path.is_dir():
@@ -420,18 +521,59 @@ def train(
         raise ValueError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     if max_steps is not None:
         max_steps = check_positive(max_steps, "max_steps")
-    distributed.env_world()  # a malformed torchrun environment fails before any work
+    rank = distributed.env_world()[0]  # a malformed torchrun environment fails before any work
     ckpt_path = check_run_folder(out_dir, resume)  # every rank checks (and reads) the same files
     device = check_device(device)
-    ckpt, changes = None, {}
-    if resume and ckpt_path.exists():
-        ckpt = read_checkpoint(ckpt_path)
-        changes = _check_resume(ckpt, cfg, ckpt_path, allow_config_change)
+    if resume and not ckpt_path.exists() and rank == 0:
+        print(f"note: {ckpt_path} does not exist yet: --resume starts a new run there", file=sys.stderr)
+    created = _missing_folders(ckpt_path.parent)
     info = distributed.init_from_env(device)
     try:
-        return _train_loop(cfg, ckpt_path, ckpt, changes, info, progress, max_steps)
+        with _run_lock(ckpt_path.parent, info):
+            check_run_folder(out_dir, resume)  # again under the lock: another run may have written meanwhile
+            ckpt, changes = None, {}
+            if resume and ckpt_path.exists():
+                ckpt = read_checkpoint(ckpt_path)
+                changes = _check_resume(ckpt, cfg, ckpt_path, allow_config_change)
+            return _train_loop(cfg, ckpt_path, ckpt, changes, info, progress, max_steps)
     finally:
         distributed.shutdown(info)
+        if info.main and not ckpt_path.exists():  # a run that failed before its first checkpoint leaves nothing
+            for folder in created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, innermost first (what a failed run removes again)."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+@contextlib.contextmanager
+def _run_lock(out_dir: Path, info: distributed.DistInfo) -> Iterator[None]:
+    """Rank 0 holds ``out_dir/.lock`` (created with the folder) for the life of the run, so a second ``train`` into
+    the same folder stops with one line naming the holder; under torchrun every rank stops with it."""
+    error = None
+    with contextlib.ExitStack() as stack:
+        if info.main:
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(exclusive_lock(out_dir / ".lock", f"run folder {out_dir}"))
+            except ValueError as err:
+                error = str(err)
+        if info.distributed:
+            import torch.distributed as dist
+
+            box = [error]
+            dist.broadcast_object_list(box, src=0, device=info.device if info.device.type == "cuda" else None)
+            error = box[0]
+        if error:
+            raise ValueError(error)
+        yield
 
 
 def epoch_loader(
@@ -504,11 +646,15 @@ def _train_loop(
     history.setdefault("cpu_seconds", [])
     # pairs trained on per epoch (all processes together); None for epochs of checkpoints written before it
     history.setdefault("pairs", [None] * len(history["epoch"]))
-    cpu_used = float(sum(history["cpu_seconds"]))
-    if cfg.max_cpu_seconds and cpu_used >= cfg.max_cpu_seconds:
+    # the seconds each epoch spent of the budget, in the clock of its device; before GPUs it was CPU seconds
+    history.setdefault("budget_seconds", list(history["cpu_seconds"]))
+    clock_name, clock = budget_clock(device)
+    budget, budget_used = cfg.budget_seconds, float(sum(s for s in history["budget_seconds"] if s))
+    if budget and budget_used >= budget:
         if progress:
-            print(f"{ckpt_path} has used its budget of {cfg.max_cpu_seconds:.0f} CPU seconds; nothing to do")
+            print(f"{ckpt_path} has used its budget of {budget:.0f} {clock_name}; nothing to do")
         start_epoch = cfg.epochs
+    first_loss = history["loss"][0] if history["loss"] else None  # what an exploded loss is measured against
     if info.main:
         out_dir.mkdir(parents=True, exist_ok=True)
     # DDP starts every rank from rank 0's weights (the same anyway: same seed, same checkpoint)
@@ -527,13 +673,15 @@ def _train_loop(
         iteration_rng = np.random.default_rng([cfg.seed, epoch])
         net.train()
         losses, epoch_pairs = [], 0
-        start, epoch_cpu, budget_spent = time.perf_counter(), 0.0, False
-        with tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False) as bar:
+        start, epoch_cpu, epoch_budget, budget_spent = time.perf_counter(), 0.0, 0.0, False
+        with tqdm(
+            loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or _log_file(), leave=False
+        ) as bar:
             for step, batch in enumerate(bar):
                 if max_steps is not None and step >= max_steps:
                     break
                 batch = _batch_to(batch, device)
-                step_start = time.process_time()
+                step_start, step_clock = time.process_time(), clock()
                 kwargs = {}
                 if cfg.train_iterations:
                     lo, hi = cfg.train_iterations
@@ -542,37 +690,54 @@ def _train_loop(
                 loss = registration_loss_all(result, batch["moving"], batch["fixed"], cfg)
                 # the mean over ranks is NaN or inf when any rank's loss is: then every rank stops here
                 loss_value = distributed.all_reduce_sum([loss.item()], info)[0] / info.world_size
+                first_loss = loss_value if first_loss is None else first_loss
+                across = f" (mean of {info.world_size} processes)" if info.distributed else ""
                 if not math.isfinite(loss_value):
-                    across = f" (mean of {info.world_size} processes)" if info.distributed else ""
-                    raise ValueError(
-                        f"training diverged: the loss is {loss_value}{across} at epoch {epoch + 1}, step "
-                        f"{step + 1}; {ckpt_path} keeps the last finite epoch (try a lower lr)"
+                    _diverged(f"the loss is {loss_value}{across}", epoch, step, ckpt_path)
+                if abs(loss_value) > LOSS_EXPLODED * max(abs(first_loss), 1.0):
+                    _diverged(
+                        f"the loss is {loss_value:.3g}{across}, over 10^6 times the first epoch's {first_loss:.3g}",
+                        epoch,
+                        step,
+                        ckpt_path,
                     )
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+                largest = _largest_weight(model)  # the same on every rank: DDP keeps the weights equal
+                if not largest <= MAX_WEIGHT:
+                    _diverged(f"a weight reached {largest:.3g} after the optimizer step", epoch, step, ckpt_path)
                 losses.append(loss_value)
                 epoch_pairs += batch["moving"].shape[0] * info.world_size  # every rank: same-sized shards
                 steps += 1
+                step_seconds = clock() - step_clock
                 step_cpu = time.process_time() - step_start
-                epoch_cpu += distributed.all_reduce_sum([step_cpu], info)[0]  # the same sum on every rank
+                # the same sums on every rank, so every rank stops at the same step
+                step_seconds, step_cpu = distributed.all_reduce_sum([step_seconds, step_cpu], info)
+                epoch_cpu += step_cpu
+                epoch_budget += step_seconds
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
-                if cfg.max_cpu_seconds and cpu_used + epoch_cpu >= cfg.max_cpu_seconds:
+                if budget and budget_used + epoch_budget >= budget:
                     budget_spent = True
                     break
-        cpu_used += epoch_cpu
+        budget_used += epoch_budget
         distributed.broadcast_buffers(model, info)  # every rank ends the epoch with the checkpoint's weights
         history["epoch"].append(epoch + 1)
         history["loss"].append(float(np.mean(losses)))
         history["seconds"].append(time.perf_counter() - start)
         history["cpu_seconds"].append(epoch_cpu)
+        history["budget_seconds"].append(epoch_budget)
         history["pairs"].append(epoch_pairs)
         if info.main:
             if val_set is not None:
                 metrics = evaluate(model, val_set, device, max_pairs=cfg.val_pairs)
                 history["val_dice"].append(metrics.get("dice_mean", math.nan))
                 history["val_folding"].append(metrics["folding_mean"])
-            meta = {"train_config": json_safe(dataclasses.asdict(cfg)), "device": str(device)}
+            meta = {
+                "train_config": json_safe(dataclasses.asdict(cfg)),
+                "device": str(device),
+                "budget_clock": clock_name,
+            }
             meta.update(world_size=info.world_size, global_batch_size=cfg.batch_size * info.world_size)
             if config_changes:
                 meta["config_changes"] = config_changes
@@ -589,7 +754,7 @@ def _train_loop(
             val = f", val Dice {history['val_dice'][-1]:.3f}" if history["val_dice"] else ""
             print(
                 f"epoch {epoch + 1}: loss {history['loss'][-1]:.4f}{val} ({history['seconds'][-1]:.0f} s, "
-                f"{cpu_used:.0f} CPU s in all)"
+                f"{budget_used:.0f} {clock_name} in all)"
             )
         if budget_spent:
             break
@@ -603,6 +768,50 @@ def _train_loop(
         sys.stderr.write(f"rank {info.rank}/{info.world_size}: {steps} steps, weights sha256 {digest}\n")
         sys.stderr.flush()
     return history
+
+
+def _log_file() -> bool:
+    """True when stderr is a file or pipe (a log, or the CLI's one-line messages), not a terminal or a notebook: a
+    progress bar there is a stream of carriage returns, and its last state would sit before an error line."""
+    return not sys.stderr.isatty() and not type(sys.stderr).__module__.startswith("ipykernel")
+
+
+def budget_clock(device: torch.device) -> tuple[str, Callable[[], float]]:
+    """(name, clock) of the training budget on ``device``: the process's CPU seconds on a CPU; on a GPU (CUDA or
+    MPS) wall-clock seconds, the device synchronised at each reading so its queued kernels are counted."""
+    if device.type == "cuda":
+
+        def cuda_clock() -> float:
+            torch.cuda.synchronize(device)
+            return time.perf_counter()
+
+        return "wall-clock seconds (CUDA synchronised)", cuda_clock
+    if device.type == "mps":
+
+        def mps_clock() -> float:
+            torch.mps.synchronize()
+            return time.perf_counter()
+
+        return "wall-clock seconds (MPS synchronised)", mps_clock
+    return "CPU seconds", time.process_time
+
+
+def _largest_weight(model: nn.Module) -> float:
+    """The largest |value| of ``model``'s floating-point parameters (inf or NaN when one is not finite)."""
+    tops = [p.detach().abs().max() for p in model.parameters() if p.is_floating_point() and p.numel()]
+    return float(torch.stack(tops).max()) if tops else 0.0
+
+
+def _diverged(what: str, epoch: int, step: int, ckpt_path: Path) -> None:
+    """Raise the ValueError of a diverged training: what happened, where, and what the run folder still holds.
+
+    It is raised before the optimizer's step is saved, so the checkpoint of the last good epoch stays as it was.
+    """
+    if epoch and ckpt_path.exists():  # the checkpoint of epoch ``epoch``, written before this one began
+        kept = f"{ckpt_path} keeps epoch {epoch}, the last good one"
+    else:
+        kept = "no checkpoint was written"
+    raise ValueError(f"training diverged: {what} at epoch {epoch + 1}, step {step + 1}; {kept} (try a lower lr)")
 
 
 def _main_history(history: dict, info: distributed.DistInfo) -> dict:

@@ -1,4 +1,4 @@
-"""The bad-input and fault sweep of issue 10, as data: every case, how it is done, and the one line it now gets.
+"""The bad-input and fault sweeps of issues 10 and 24, as data: every case, how it is done, and the line it gets.
 
 ``tests/test_reliability.py`` runs every case of ``CASES`` and checks its line against ``expected`` (``{tmp}``
 stands for the case's folder, ``...`` for a part that varies, e.g. torch's own wording); it also checks that
@@ -39,6 +39,8 @@ ITEMS = {
     7: "Leftover temporaries",
     8: "Wording",
     9: "Images on different grids",
+    10: "Two runs in one folder; a full disk",
+    11: "Diverged training",
 }
 
 
@@ -367,11 +369,8 @@ def _nan_model(t: Path) -> str:
 
 
 def _vm_weights_in_sm(t: Path) -> str:
-    raw = torch.load(shared("ck.pt"), weights_only=True)
-    raw["state_dict"] = torch.load(shared("vm.pt"), weights_only=True)["state_dict"]
-    raw.pop("sha256")
-    torch.save(raw, t / "ck.pt")
-    line = cli(*register_args(t, **{"--checkpoint": str(t / "ck.pt")}))
+    vm_state = torch.load(shared("vm.pt"), weights_only=True)["state_dict"]
+    line = _ck_with(t, lambda raw: raw.update(state_dict=vm_state))
     assert len(line) < 300
     return line
 
@@ -392,6 +391,117 @@ def _grid_case(t: Path, shape=(64, 64), spacing=(1.0, 1.0), *extra: str) -> list
     return register_args(t, **{"--moving": str(moving)}) + list(extra)
 
 
+def edited_checkpoint(src: Path, dst: Path, edit: Callable[[dict], object], redigest: bool = True) -> Path:
+    """``src`` loaded raw, changed by ``edit(raw)`` and saved at ``dst``; with ``redigest`` its digests are made
+    to fit again (a file written that way, not one damaged since)."""
+    from searchmorph_lite.checkpoint import metadata_digest, state_digest
+
+    raw = torch.load(src, weights_only=True)
+    edit(raw)
+    if redigest:
+        raw["sha256"] = state_digest(raw["model"], raw["config"], raw["state_dict"])
+        raw["metadata_sha256"] = metadata_digest(raw)
+    torch.save(raw, dst)
+    return dst
+
+
+def _ck_with(t: Path, edit: Callable[[dict], object], redigest: bool = True) -> str:
+    """The one line register gets with a copy of the shared checkpoint changed by ``edit``."""
+    ck = edited_checkpoint(shared("ck.pt"), t / "ck.pt", edit, redigest)
+    return cli(*register_args(t, **{"--checkpoint": str(ck)}))
+
+
+def _run_with(t: Path, edit: Callable[[dict], object], *extra: str, redigest: bool = True, **changes) -> str:
+    """The one line ``train --resume`` gets on a copy of the shared run whose checkpoint ``edit`` changed."""
+    args = resume_args(t, *extra, **changes)
+    edited_checkpoint(t / "run" / "checkpoint.pt", t / "run" / "checkpoint.pt", edit, redigest)
+    return cli(*args)
+
+
+def _edit_and_drop_digest(raw: dict) -> None:
+    raw["state_dict"]["encoder.trunk.down.0.0.weight"] += 0.5
+    raw.pop("sha256")
+
+
+def _legacy_file(t: Path) -> str:
+    raw = torch.load(Path(__file__).parent / "data" / "searchmorph_v0_1_tiny.pt", weights_only=True)
+    torch.save(raw, t / "old.pt", _use_new_zipfile_serialization=False)
+    return cli(*register_args(t, **{"--checkpoint": str(t / "old.pt")}), ok=True, line=0, stream="stderr")
+
+
+def _locked_run(t: Path) -> str:
+    from searchmorph_lite._files import exclusive_lock
+
+    (t / "run").mkdir()
+    with exclusive_lock(t / "run" / ".lock", f"run folder {t / 'run'}"):  # as a running train holds it
+        return cli("train", "--config", tiny_yaml(t), "--out", t / "run", "--device", "cpu")
+
+
+def disk_full(*args, **kwargs):
+    """A write that fails as on a full disk."""
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _disk_full_checkpoint(t: Path) -> str:
+    run = copy("run", t)
+    before = (run / "checkpoint.pt").read_bytes()
+    with mock.patch("pathlib.Path.write_bytes", disk_full):  # the checkpoint's bytes are written with it
+        line = cli("train", "--config", tiny_yaml(t, epochs=2), "--out", run, "--resume", "--device", "cpu")
+    assert (run / "checkpoint.pt").read_bytes() == before and os.listdir(run) == ["checkpoint.pt"]
+    return line
+
+
+def _disk_full_out(t: Path) -> str:
+    with mock.patch("nibabel.save", disk_full):
+        return cli(*register_args(t))
+
+
+def _loop(t: Path, name: str) -> str:
+    (t / name).symlink_to(t / name)
+    return str(t / name)
+
+
+def _fifo(t: Path) -> str:
+    os.mkfifo(t / "pipe.nii.gz")
+    return str(t / "pipe.nii.gz")
+
+
+def _unreadable(t: Path) -> str:
+    copy("ck.pt", t)
+    real_open = open
+
+    def refuse(file, *args, **kwargs):
+        if str(file) == str(t / "ck.pt"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    with mock.patch("builtins.open", refuse):
+        return cli(*register_args(t, **{"--checkpoint": str(t / "ck.pt")}))
+
+
+def _out_of_memory(t: Path) -> str:
+    def fail(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 274877906944 bytes. Error code 12 (Cannot allocate memory)")  # fmt: skip
+
+    with mock.patch("searchmorph_lite.train._train_loop", fail):
+        return cli("train", "--config", tiny_yaml(t), "--out", t / "r", "--device", "cpu")
+
+
+def _nibabel_log(t: Path) -> str:
+    img = nib.Nifti1Image(np.random.default_rng(0).random((64, 64)).astype(np.float32), np.eye(4))
+    img.header["pixdim"][1] = 0  # nibabel logs that it sets it to 1
+    nib.save(img, t / "m.nii")
+    return cli(*register_args(t, **{"--moving": str(t / "m.nii")}), ok=True, line=0, stream="stderr")
+
+
+def _explicit_default_seed(t: Path) -> str:
+    options = {**TINY_TRAIN["dataset_options"], "seed": 0}  # brain2d's default, now given
+    return cli(*resume_args(t, epochs=2, dataset_options=options), ok=True)
+
+
 CASES = [
     # 1. damaged checkpoints
     Case(1, "a copy of the shipped brain2d.pt with 2,000 bytes of a weight tensor inverted", _damaged_shipped,
@@ -405,6 +515,19 @@ CASES = [
          "error: cannot read checkpoint {tmp}/ck.pt: not a torch checkpoint, or damaged (...)"),
     Case(1, "an empty checkpoint file", _empty_checkpoint,
          "error: cannot read checkpoint {tmp}/ck.pt: the file is empty"),
+    Case(1, "a checkpoint whose weights were edited and its sha256 entry deleted",
+         lambda t: _ck_with(t, _edit_and_drop_digest, redigest=False),
+         "error: {tmp}/ck.pt has no 'sha256' entry: every searchmorph_lite.checkpoint/2 file stores the digest of its "
+         "weights, so its weights cannot be verified; restore it from a backup or download/train it again"),
+    Case(1, "a legacy (non-zip) format-1 checkpoint: it runs, with one warning", _legacy_file,
+         "warning: {tmp}/old.pt is a legacy (non-zip) checkpoint without a digest: its weights cannot be verified"),
+    Case(1, "a checkpoint without read permission", _unreadable,
+         "error: cannot read checkpoint {tmp}/ck.pt: Permission denied"),
+    Case(1, "a FIFO (named pipe) given as --checkpoint", lambda t: cli(*register_args(t, **{
+        "--checkpoint": _fifo(t)})),
+         "error: checkpoint '{tmp}/pipe.nii.gz' is a FIFO (named pipe), not a file"),
+    Case(1, "/dev/null given as --checkpoint", lambda t: cli(*register_args(t, **{"--checkpoint": "/dev/null"})),
+         "error: checkpoint '/dev/null' is a device, not a file"),
     # 2. resume with another config
     Case(2, "train --resume with another lr", lambda t: cli(*resume_args(t, lr=0.01, epochs=2)),
          "error: {tmp}/run/checkpoint.pt was trained with another config: lr: 0.001 in the checkpoint, 0.01 now. "
@@ -433,6 +556,22 @@ CASES = [
          lambda t: cli(*_fewer_epochs(t)),
          "error: {tmp}/run/checkpoint.pt has already run 2 epochs but the config asks for 1; raise epochs "
          "(--epochs) to continue it"),
+    Case(2, "train --resume of a checkpoint that records no training config (metadata train_config removed)",
+         lambda t: _run_with(t, lambda raw: raw["metadata"].pop("train_config"), lr=0.01, epochs=2),
+         "error: {tmp}/run/checkpoint.pt records no training config (metadata 'train_config'), so this resume cannot "
+         "be checked against the config it ran with; pass --allow-config-change (allow_config_change=True) to "
+         "continue it with this config from epoch 2 on (its metadata records that the earlier config is unknown)"),
+    Case(2, "train --resume of a checkpoint whose recorded train_config was edited (digest not updated)",
+         lambda t: _run_with(t, lambda raw: raw["metadata"]["train_config"].update(lr=0.01), redigest=False,
+                             lr=0.01, epochs=2),
+         "error: {tmp}/run/checkpoint.pt is damaged: its metadata, epoch or history do not match the SHA-256 digest "
+         "stored when it was saved; restore it from a backup or download/train it again"),
+    Case(2, "train --resume into a folder that does not exist",
+         lambda t: cli("train", "--config", tiny_yaml(t), "--out", t / "nope", "--resume", "--device", "cpu"),
+         "error: nothing to resume: the run folder '{tmp}/nope' does not exist (check the path; leave out --resume "
+         "(resume=False) to start a new run there)"),
+    Case(2, "train --resume with the dataset's default seed now given explicitly (it runs)",
+         _explicit_default_seed, '{"epoch": 2, ...}'),
     Case(2, "train without --resume into a folder that holds a run",
          lambda t: cli("train", "--config", tiny_yaml(t), "--out", copy("run", t), "--device", "cpu"),
          "error: {tmp}/run/checkpoint.pt already exists: continue that run with --resume (resume=True), or train "
@@ -514,6 +653,18 @@ CASES = [
     Case(4, "evaluate --out a folder", lambda t: cli("evaluate", "--checkpoint", shared("vm.pt"), "--dataset",
                                                       "brain2d", "--out", t),
          "error: --out {tmp} is a folder; give a file name such as {tmp}/out.json"),
+    Case(4, "register --moving a symbolic link loop", lambda t: cli(*register_args(t, **{
+        "--moving": _loop(t, "m.nii.gz")})),
+         "error: --moving '{tmp}/m.nii.gz' is a symbolic link loop (it leads back to itself)"),
+    Case(4, "register --out a symbolic link loop", lambda t: cli(*register_args(t, **{"--out": _loop(t, "w.nii.gz")})),
+         "error: --out '{tmp}/w.nii.gz' is a symbolic link loop (it leads back to itself)"),
+    Case(4, "register --out inside a folder that is a symbolic link loop", lambda t: cli(*register_args(t, **{
+        "--out": str(Path(_loop(t, "loop")) / "w.nii.gz")})),
+         "error: --out '{tmp}/loop/w.nii.gz' is inside {tmp}/loop, a symbolic link loop"),
+    Case(4, "register --moving a FIFO (named pipe)", lambda t: cli(*register_args(t, **{"--moving": _fifo(t)})),
+         "error: --moving '{tmp}/pipe.nii.gz' is a FIFO (named pipe), not a file"),
+    Case(4, "register --fixed /dev/null", lambda t: cli(*register_args(t, **{"--fixed": "/dev/null"})),
+         "error: --fixed '/dev/null' is a device, not a file"),
     Case(4, "train --out a file", lambda t: cli("train", "--config", tiny_yaml(t), "--out", t / "cfg.yaml"),
          "error: run folder {tmp}/cfg.yaml is a file; training writes a folder (checkpoint.pt inside)"),
     # 5. unsafe advice
@@ -548,6 +699,22 @@ CASES = [
     Case(6, "evaluate --max-pairs 0", lambda t: cli("evaluate", "--checkpoint", shared("vm.pt"), "--dataset",
                                                      "brain2d", "--max-pairs", "0"),
          "error: --max-pairs must be an integer >= 1, got 0"),
+    Case(6, "negative widths in a YAML config's model_config", lambda t: cli("train", "--config", tiny_yaml(
+        t, model_config={"enc_widths": [4, -8], "dec_widths": [8, 8, 4]}), "--out", t / "r", "--device", "cpu"),
+         "error: {tmp}/cfg.yaml: VoxelMorph config: enc_widths must be a non-empty list of integers >= 1, got [4, -8]"),
+    Case(6, "zero input channels in a checkpoint's config",
+         lambda t: _ck_with(t, lambda raw: raw["config"].update(in_channels=0)),
+         "error: {tmp}/ck.pt: SearchMorph config: in_channels must be an integer >= 1, got 0"),
+    Case(6, "training runs out of memory (the allocator's \"can't allocate memory\")", _out_of_memory,
+         "error: out of memory: [enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you "
+         "tried to allocate 274877906944 bytes. Error code 12 (Cannot allocate memory); use a smaller image or "
+         "batch"),
+    Case(6, "seed 2**32 in the config", lambda t: cli("train", "--config", tiny_yaml(t, seed=2**32), "--out", t / "r"),
+         "error: {tmp}/cfg.yaml: TrainConfig.seed must be at most 2**32 - 1 = 4294967295, got 4294967296"),
+    Case(6, "evaluate --iterations with a VoxelMorph checkpoint", lambda t: cli(
+        "evaluate", "--checkpoint", shared("vm.pt"), "--dataset", "brain2d", "--iterations", "8"),
+         "error: --iterations is for models that iterate (SearchMorph); --checkpoint '...vm.pt' holds a VoxelMorph, "
+         "which does not"),
     Case(6, "a JSON config with lr NaN", lambda t: (t / "c.json").write_text('{"lr": NaN}') and cli(
         "train", "--config", t / "c.json", "--out", t / "r"),
          "error: {tmp}/c.json: TrainConfig.lr must be a finite number, got nan"),
@@ -590,6 +757,30 @@ CASES = [
     Case(8, "a checkpoint with NaN weights", _nan_weights,
          "error: {tmp}/ck.pt: weight 'encoder.trunk.down.0.0.weight' holds NaN or inf values, so the checkpoint is "
          "unusable"),
+    Case(8, "a checkpoint whose metadata refine_steps is 'abc'",
+         lambda t: _ck_with(t, lambda raw: raw["metadata"].update(refine_steps="abc")),
+         "error: {tmp}/ck.pt: metadata 'refine_steps' must be a whole number of steps from 0 to 10000, got 'abc'"),
+    Case(8, "a checkpoint whose metadata refine_steps is -4 (was: \"got -4\" for --refine auto)",
+         lambda t: _ck_with(t, lambda raw: raw["metadata"].update(refine_steps=-4)),
+         "error: {tmp}/ck.pt: metadata 'refine_steps' must be a whole number of steps from 0 to 10000, got -4"),
+    Case(8, "a checkpoint whose metadata is a list", lambda t: _ck_with(t, lambda raw: raw.update(metadata=[1])),
+         "error: {tmp}/ck.pt: its 'metadata' entry is a list, not a mapping"),
+    Case(8, "a checkpoint whose weights are huge (1e30, from a diverged training)",
+         lambda t: _ck_with(t, lambda raw: raw["state_dict"]["encoder.trunk.down.0.0.weight"].fill_(1e30)),
+         "error: {tmp}/ck.pt: weight 'encoder.trunk.down.0.0.weight' holds values up to 1e+30 (trained weights stay "
+         "far below 1e+06): the training that wrote it diverged, so the checkpoint is unusable"),
+    Case(8, "--checkpoint 'brain2d ' (a trailing space)", lambda t: cli(*register_args(t, **{
+        "--checkpoint": "brain2d "})),
+         "error: checkpoint not found: 'brain2d ' (pretrained names: ...)"),
+    Case(8, "register --refine with a non-ASCII digit", lambda t: cli(*register_args(t), "--refine", "\u00b2"),
+         "error: argument --refine: --refine takes a number of steps (0, 30, 100, ...) or auto, got '\u00b2' (see "
+         "python -m searchmorph_lite register --help)"),
+    Case(8, "a NIfTI whose header nibabel fixes (pixdim 0): nibabel's log line is one warning line (it runs)",
+         _nibabel_log, "warning: nibabel: pixdim[1,2,3] should be non-zero; setting 0 dims to 1"),
+    Case(8, "evaluate a 3D checkpoint on a 2D dataset", lambda t: _save_3d(t) and cli(
+        "evaluate", "--checkpoint", t / "ck3.pt", "--dataset", "brain2d", "--max-pairs", "1", "--device", "cpu"),
+         "error: the model is a 3D SearchMorph (config ndim=3) but the dataset's images are 2D; evaluate it on a 3D "
+         "dataset"),
     Case(8, "register() with a model whose weights are NaN", _nan_model,
          "ValueError: the model's weight 'encoder.trunk.down.0.0.weight' holds NaN or inf values: the model is "
          "broken"),
@@ -603,7 +794,48 @@ CASES = [
     Case(9, "the same with --resample (it runs)", lambda t: _resampled_line(t),
          "resampled --moving {tmp}/m.nii.gz (48, 40) onto the --fixed grid (64, 64) through both affines "
          "(nibabel.processing.resample_from_to, linear, 0 outside the moving image)"),
+    # 10. concurrent runs, full disks
+    Case(10, "train into a run folder another train is using", _locked_run,
+         "error: run folder {tmp}/run is in use by pid ... on ... since ...; wait for it to end, or use another "
+         "folder"),
+    Case(10, "the disk fills up while train saves its checkpoint (the last one stays as it was)",
+         _disk_full_checkpoint,
+         "error: cannot write {tmp}/run/checkpoint.pt: the disk is full (no space left in {tmp}/run); the existing "
+         "file is unchanged, free some space and run again"),
+    Case(10, "the disk fills up while register writes --out", _disk_full_out,
+         "error: cannot write {tmp}/w.nii.gz: the disk is full (no space left in {tmp}); nothing was written, free "
+         "some space and run again"),
+    # 11. divergence
+    Case(11, "train with lr: 1e30 (diverges in its first step; no folder is left behind)", lambda t: _diverge(t),
+         "error: training diverged: a weight reached ... after the optimizer step at epoch 1, step 1; no checkpoint "
+         "was written (try a lower lr)"),
+    Case(11, "train --resume --allow-config-change with lr: 1e30 (the checkpoint stays as it was)",
+         lambda t: _diverge_resumed(t),
+         "error: training diverged: a weight reached ... after the optimizer step at epoch 2, step 1; {tmp}/run/"
+         "checkpoint.pt keeps epoch 1, the last good one (try a lower lr)"),
 ]  # fmt: skip
+
+
+def _save_3d(t: Path) -> Path:
+    from searchmorph_lite import SearchMorph, SearchMorphConfig, save_checkpoint
+
+    config = SearchMorphConfig(ndim=3, widths=(4, 8, 8, 8), hidden_dim=8, motion_dim=8, context_dim=8, radius=1)
+    save_checkpoint(t / "ck3.pt", SearchMorph(config))
+    return t / "ck3.pt"
+
+
+def _diverge(t: Path) -> str:
+    line = cli("train", "--config", tiny_yaml(t, lr=1e30), "--out", t / "runs" / "new", "--device", "cpu")
+    assert not (t / "runs").exists(), os.listdir(t / "runs")
+    return line
+
+
+def _diverge_resumed(t: Path) -> str:
+    args = resume_args(t, "--allow-config-change", lr=1e30, epochs=2)
+    before = (t / "run" / "checkpoint.pt").read_bytes()
+    line = cli(*args)
+    assert (t / "run" / "checkpoint.pt").read_bytes() == before
+    return line
 
 
 def _fewer_epochs(t: Path) -> list[str]:
@@ -642,7 +874,7 @@ def render(cases: list[Case] = CASES) -> str:
     lines = [
         "# What bad input gets",
         "",
-        "Every case of the reliability sweep (issue 10) with the one line the user now sees. The command line",
+        "Every case of the reliability sweeps (issues 10 and 24) with the one line the user now sees. The command line",
         "prints errors as `error: ...` on stderr and exits with code 2, without a traceback and without writing",
         "anything; the Python API raises `ValueError` or `FileNotFoundError` with the same words. `<tmp>` is the",
         "folder of the case and `...` a part that varies. Each row is a test: `tests/test_reliability.py` runs it",

@@ -380,3 +380,196 @@ def test_resample_works_for_3d_volumes(tmp_path):
     assert "pass --resample" in cli(*args)
     assert cli(*args, "--resample", ok=True, line=0).startswith("resampled --moving")
     assert nib.load(tmp_path / "w.nii.gz").shape == (16, 16, 16)
+
+
+# Issue 24 -----------------------------------------------------------------------------------------------------------
+# 1. one run per folder
+
+
+def test_a_run_holds_its_folder_so_a_second_train_stops_while_the_first_keeps_running(tmp_path, monkeypatch):
+    import searchmorph_lite.train as tr
+
+    cfg, seen = TrainConfig(**TINY_TRAIN), []
+    real = tr._train_loop
+
+    def loop_that_meets_a_second_run(*args, **kwargs):
+        with pytest.raises(ValueError, match=f"run folder {tmp_path / 'run'} is in use by pid {os.getpid()} on "):
+            train(cfg, tmp_path / "run", resume=True, device="cpu", progress=False)
+        seen.append((tmp_path / "run" / ".lock").read_text())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tr, "_train_loop", loop_that_meets_a_second_run)
+    train(cfg, tmp_path / "run", device="cpu", progress=False, max_steps=1)
+    assert seen and seen[0].startswith(f"pid {os.getpid()} on ")
+    assert os.listdir(tmp_path / "run") == ["checkpoint.pt"]  # the lock goes with the run
+
+
+def test_a_second_process_is_told_which_pid_holds_the_folder(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "run").mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from searchmorph_lite._files import exclusive_lock\n"
+         f"with exclusive_lock({str(tmp_path / 'run' / '.lock')!r}, 'x'):\n print('locked', flush=True)\n"
+         " time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        line = cli("train", "--config", tiny_yaml(tmp_path), "--out", tmp_path / "run", "--device", "cpu")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert line.startswith(f"error: run folder {tmp_path / 'run'} is in use by pid {holder.pid} on ")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_a_checkpoint_that_appears_before_the_lock_is_taken_is_not_overwritten(tmp_path, monkeypatch):
+    import searchmorph_lite.train as tr
+
+    run = tmp_path / "run"
+    real = tr.exclusive_lock
+
+    def another_run_finishes_first(path, what):
+        copy("run", tmp_path, "other")
+        (tmp_path / "other" / "checkpoint.pt").rename(run / "checkpoint.pt")
+        return real(path, what)
+
+    monkeypatch.setattr(tr, "exclusive_lock", another_run_finishes_first)
+    with pytest.raises(ValueError, match="checkpoint.pt already exists"):
+        train(TrainConfig(**TINY_TRAIN), run, device="cpu", progress=False)
+    assert (run / "checkpoint.pt").read_bytes() == (shared("run") / "checkpoint.pt").read_bytes()
+
+
+def test_a_lock_file_left_by_a_killed_run_does_not_block_the_next(tmp_path):
+    run = copy("run", tmp_path)
+    (run / ".lock").write_text("pid 1 on elsewhere since long ago\n")  # the kernel dropped that run's lock
+    history = train(TrainConfig(**{**TINY_TRAIN, "epochs": 2}), run, resume=True, device="cpu", progress=False)
+    assert history["epoch"] == [1, 2] and not (run / ".lock").exists()
+
+
+# 4. what a resume trusts
+
+
+def test_the_digest_covers_the_metadata_epoch_and_history(tmp_path):
+    from bad_input_table import edited_checkpoint
+
+    for edit in (lambda raw: raw.update(epoch=7), lambda raw: raw["history"]["loss"].append(0.0),
+                 lambda raw: raw["metadata"].update(device="cuda")):  # fmt: skip
+        ck = edited_checkpoint(shared("run") / "checkpoint.pt", tmp_path / "ck.pt", edit, redigest=False)
+        with pytest.raises(ValueError, match="its metadata, epoch or history do not match the SHA-256 digest"):
+            read_checkpoint(ck)
+
+
+def test_a_run_without_a_metadata_digest_resumes_with_one_warning_line(tmp_path):
+    from bad_input_table import edited_checkpoint
+
+    run = copy("run", tmp_path)
+    edited_checkpoint(run / "checkpoint.pt", run / "checkpoint.pt", lambda raw: raw.pop("metadata_sha256"), False)
+    line = cli("train", "--config", tiny_yaml(tmp_path, epochs=2), "--out", run, "--resume", "--device", "cpu",
+               ok=True, stream="stderr")  # fmt: skip
+    assert line == f"warning: {run / 'checkpoint.pt'} was written before checkpoints carried a digest of their " \
+                   "metadata: the training config it records cannot be verified"  # fmt: skip
+    assert "metadata_sha256" in torch.load(run / "checkpoint.pt", weights_only=True)  # and has one now
+
+
+def test_allow_config_change_resumes_a_run_without_a_recorded_config_and_records_that(tmp_path):
+    from bad_input_table import edited_checkpoint
+
+    run = copy("run", tmp_path)
+    edited_checkpoint(run / "checkpoint.pt", run / "checkpoint.pt", lambda raw: raw["metadata"].pop("train_config"))
+    cfg = TrainConfig(**{**TINY_TRAIN, "epochs": 2})
+    train(cfg, run, resume=True, device="cpu", progress=False, allow_config_change=True)
+    metadata = read_checkpoint(run)["metadata"]
+    unknown = {"train_config": ["<unrecorded>", "<this config>"]}
+    assert metadata["config_changes"] == [{"from_epoch": 2, "changes": unknown}]
+    assert metadata["train_config"]["epochs"] == 2
+
+
+# 5. resume
+
+
+def test_resume_into_an_existing_folder_without_a_checkpoint_starts_with_a_note(tmp_path):
+    (tmp_path / "run").mkdir()  # as training/run_queue.sh makes it, for its train.log
+    line = cli("train", "--config", tiny_yaml(tmp_path), "--out", tmp_path / "run", "--resume", "--device", "cpu",
+               "--max-steps", "1", ok=True, stream="stderr")  # fmt: skip
+    assert line == f"note: {tmp_path / 'run' / 'checkpoint.pt'} does not exist yet: --resume starts a new run there"
+    assert read_checkpoint(tmp_path / "run")["epoch"] == 1
+
+
+# 7. divergence
+
+
+def test_an_exploding_loss_stops_training_with_exit_code_2_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
+    import searchmorph_lite.train as tr
+    from searchmorph_lite.cli import main
+
+    run = copy("run", tmp_path)
+    before = (run / "checkpoint.pt").read_bytes()
+    real = tr.registration_loss_all
+    monkeypatch.setattr(tr, "registration_loss_all", lambda *a: real(*a) * 1e9)  # finite, but 10^9 times epoch 1's
+    code = main(["train", "--config", str(tiny_yaml(tmp_path, epochs=2)), "--out", str(run), "--resume", "--device",
+                 "cpu"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and (run / "checkpoint.pt").read_bytes() == before
+    assert "training diverged: the loss is" in err and "over 10^6 times the first epoch's" in err
+    assert f"at epoch 2, step 1; {run / 'checkpoint.pt'} keeps epoch 1, the last good one" in err
+
+
+def test_a_failed_run_removes_only_the_folders_it_made(tmp_path):
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "train.log").write_text("log")
+    for out in (tmp_path / "a" / "b", tmp_path / "kept"):
+        with pytest.raises(ValueError, match="training diverged"):
+            train(TrainConfig(**{**TINY_TRAIN, "lr": 1e30}), out, device="cpu", progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["kept"] and os.listdir(tmp_path / "kept") == ["train.log"]
+
+
+# 11. full disks
+
+
+def test_a_write_that_fails_on_a_nearly_full_disk_says_the_disk_is_full(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from searchmorph_lite import _files
+
+    (tmp_path / "x.pt").write_text("old")
+
+    def torch_writer(tmp):  # torch's zip writer reports a full disk so
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 1472 vs 1366")
+
+    monkeypatch.setattr(_files.os, "statvfs", lambda p: SimpleNamespace(f_bavail=3, f_frsize=4096))
+    with pytest.raises(_files.DiskFullError, match=f"cannot write {tmp_path / 'x.pt'}: the disk is full"):
+        _files.atomic_write(tmp_path / "x.pt", torch_writer)
+    assert os.listdir(tmp_path) == ["x.pt"] and (tmp_path / "x.pt").read_text() == "old"
+
+
+# 13. memory
+
+
+def test_a_memory_error_is_one_line_with_exit_code_2(monkeypatch, capsys):
+    import searchmorph_lite.cli as c
+
+    def allocate(args):
+        raise MemoryError()
+
+    monkeypatch.setattr(c, "cmd_evaluate", allocate)
+    code = c.main(["evaluate", "--checkpoint", "x", "--dataset", "brain2d"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == "error: out of memory: MemoryError; use a smaller image or batch\n"
+
+
+# 15. wording
+
+
+def test_evaluate_blames_the_model_when_it_returns_nan_displacements():
+    from searchmorph_lite.data import load_dataset
+    from searchmorph_lite.train import evaluate
+
+    model = SearchMorph(SearchMorphConfig(**SMALL)).eval()
+    with torch.no_grad():
+        for p in model.iterator.flow_head[-1].parameters():
+            p.fill_(3e38)  # finite weights whose field overflows to inf
+    with pytest.raises(ValueError, match="the model returned NaN or inf displacements: its weights are broken"):
+        evaluate(model, load_dataset("brain2d", "val", num_pairs=1, image_size=(32, 32)))

@@ -85,9 +85,64 @@ def test_resume_accepts_a_checkpoint_whose_model_config_predates_new_fields(tmp_
     train(TrainConfig(**{**TINY, "epochs": 1}), tmp_path, device="cpu", progress=False)
     raw = read_checkpoint(tmp_path / "checkpoint.pt")
     raw["config"].pop("diffeomorphic"), raw["config"].pop("feature_stride")  # as written before those fields existed
-    raw.pop("sha256", None)
     import torch
+
+    from searchmorph_lite.checkpoint import state_digest
+
+    raw["sha256"] = state_digest(raw["model"], raw["config"], raw["state_dict"])  # its digest of then
 
     torch.save(raw, tmp_path / "checkpoint.pt")
     history = train(TrainConfig(**{**TINY, "epochs": 2}), tmp_path, resume=True, device="cpu", progress=False)
     assert history["epoch"] == [1, 2]
+
+
+def test_the_budget_is_counted_in_the_devices_clock_and_named_in_the_checkpoint(tmp_path):
+    from searchmorph_lite import read_checkpoint
+
+    history = train(TrainConfig(**{**TINY, "epochs": 2, "max_seconds": 1000.0}), tmp_path, device="cpu",
+                    progress=False)  # fmt: skip
+    assert history["budget_seconds"] == pytest.approx(history["cpu_seconds"], rel=0.05)  # one clock, read twice
+    assert all(s > 0 for s in history["budget_seconds"])
+    assert read_checkpoint(tmp_path)["metadata"]["budget_clock"] == "CPU seconds"
+
+
+def test_max_seconds_stops_training_as_max_cpu_seconds_did(tmp_path):
+    history = train(TrainConfig(**{**TINY, "epochs": 50, "max_seconds": 0.5}), tmp_path, device="cpu", progress=False)
+    assert 0.5 <= sum(history["budget_seconds"]) < 5.5 and len(history["epoch"]) < 50
+
+
+def test_a_run_from_before_the_budget_clock_counts_its_cpu_seconds_on_resume(tmp_path):
+    import torch
+
+    from searchmorph_lite.checkpoint import metadata_digest
+
+    train(TrainConfig(**{**TINY, "epochs": 1}), tmp_path, device="cpu", progress=False)
+    raw = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    raw["history"].pop("budget_seconds")
+    raw["history"]["cpu_seconds"] = [100.0]  # spent the whole budget, as counted then
+    raw["metadata"]["train_config"].pop("max_seconds")  # a config from before it
+    raw["metadata"]["train_config"]["max_cpu_seconds"] = 100.0
+    raw["metadata_sha256"] = metadata_digest(raw)
+    torch.save(raw, tmp_path / "checkpoint.pt")
+    again = train(TrainConfig(**{**TINY, "epochs": 5, "max_cpu_seconds": 100.0}), tmp_path, resume=True,
+                  device="cpu", progress=False)  # fmt: skip
+    assert again["epoch"] == [1]  # nothing left to do
+
+
+def test_on_a_gpu_the_budget_clock_synchronises_the_device(monkeypatch):
+    import torch
+
+    from searchmorph_lite.train import budget_clock
+
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    name, clock = budget_clock(torch.device("cuda", 0))
+    clock(), clock()
+    assert name == "wall-clock seconds (CUDA synchronised)" and synced == [torch.device("cuda", 0)] * 2
+    assert budget_clock(torch.device("cpu"))[0] == "CPU seconds"
+
+
+def test_max_seconds_and_max_cpu_seconds_are_one_budget():
+    with pytest.raises(ValueError, match="are one budget"):
+        TrainConfig(**{**TINY, "max_seconds": 10.0, "max_cpu_seconds": 20.0})
+    assert TrainConfig(**{**TINY, "max_cpu_seconds": 20.0}).budget_seconds == 20.0
