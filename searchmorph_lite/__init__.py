@@ -1,5 +1,6 @@
 """searchmorph_lite: SearchMorph (multi-scale correlation iterative registration) as a small PyTorch library."""
 
+from .affine import AffineResult, affine_register
 from .base import RegistrationModel, RegistrationResult
 from .baselines import VoxelMorph, VoxelMorphConfig
 from .checkpoint import build_model, default_device, load_checkpoint, read_checkpoint, save_checkpoint
@@ -19,6 +20,7 @@ from .iterator import ConvGRU, DeformationFieldIterator
 from .losses import folding_barrier, grad_l2_loss, lncc_loss, local_ncc, mse_loss, registration_loss
 from .metrics import dice, folding_ratio, jacobian_determinant
 from .model import SearchMorph, SearchMorphConfig
+from .pipeline import Registration, register_images, write_itk_displacement
 from .pretrained import available_pretrained, load_pretrained
 from .sampling import bilinear_sample, sample_grid, sample_points
 from .transform import SpatialTransformer, identity_grid, integrate_velocity, upsample_flow, warp
@@ -26,6 +28,11 @@ from .transform import SpatialTransformer, identity_grid, integrate_velocity, up
 __version__ = "0.1.0"
 
 __all__ = [
+    "AffineResult",
+    "Registration",
+    "affine_register",
+    "register_images",
+    "write_itk_displacement",
     "AllPairsLookup",
     "OnTheFlyLookup",
     "RegistrationModel",

@@ -27,89 +27,6 @@ from ._files import atomic_write_json, atomic_write_many, check_output_paths, js
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
-def _load_nifti(path: str, ndim: int, label: str = "image"):
-    """(float64 array (*S) with ``ndim`` axes, nibabel image) from a NIfTI file; ValueError / FileNotFoundError
-    naming ``label`` and the file when it is a folder, missing, unreadable, complex, too small, of another
-    dimension, or holds NaN, inf or values too large for float32."""
-    import nibabel as nib
-
-    from .inference import FLOAT32_MAX
-
-    p = Path(path)
-    if p.is_dir():
-        raise ValueError(f"{label} {path} is a folder, not a NIfTI file")
-    if not p.is_file():
-        raise FileNotFoundError(f"{label} {path}: no such file")
-    try:
-        img = nib.load(str(p))
-        dtype = img.get_data_dtype()
-    except Exception as err:  # nibabel raises many types (ImageFileError, EOFError, zlib.error, ...)
-        raise ValueError(f"cannot read NIfTI {path}: {one_line(err, 200)}") from None
-    if dtype.kind == "c":
-        raise ValueError(f"{label} {path} is complex-valued ({dtype}); register a real image, e.g. its magnitude")
-    if dtype.fields is not None:
-        raise ValueError(f"{label} {path} holds {dtype} voxels (colour?); convert it to one grey value per voxel")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            data = np.asarray(img.get_fdata(dtype=np.float64))
-    except Exception as err:
-        raise ValueError(f"cannot read NIfTI {path}: {one_line(err, 200)}") from None
-    shape = tuple(int(n) for n in data.shape)
-    what = {2: "a 2D image", 3: "a 3D volume"}[ndim]
-    long_axes = [n for n in shape if n > 1]
-    if len(shape) >= ndim and all(n == 1 for n in shape[ndim:]):
-        spatial = shape[:ndim]
-    elif len(long_axes) == ndim:
-        spatial = tuple(long_axes)
-    else:
-        raise ValueError(
-            f"{label} {path} is not {what} (the model is {ndim}D): shape {shape} has {len(long_axes)} axes longer "
-            f"than 1"
-        )
-    if min(spatial) < 2:
-        size = " x ".join(str(n) for n in spatial)
-        raise ValueError(f"{label} {path} is {size} voxels: too small to register (at least 2 along every axis)")
-    data = data.reshape(spatial)
-    bad = int((~np.isfinite(data)).sum())
-    if bad:
-        raise ValueError(f"{label} {path} contains NaN or inf values ({bad} of {data.size} voxels)")
-    largest = float(np.abs(data).max())
-    if largest > FLOAT32_MAX:
-        raise ValueError(
-            f"{label} {path} has values too large to register (largest |value| {largest:.3g}, float32 holds up "
-            f"to {FLOAT32_MAX:.3g}); rescale it"
-        )
-    return data, img
-
-
-def _grid_differences(moving, fixed, m_img, f_img, ndim: int) -> list[str]:
-    """What differs between the two images' voxel grids: shape, voxel spacing, axis directions (empty: same)."""
-    diffs = []
-    if moving.shape != fixed.shape:
-        diffs.append(f"shape {moving.shape} vs {fixed.shape}")
-    m_lin, f_lin = m_img.affine[:3, :ndim], f_img.affine[:3, :ndim]
-    m_sp, f_sp = np.linalg.norm(m_lin, axis=0), np.linalg.norm(f_lin, axis=0)
-    if not np.allclose(m_sp, f_sp, rtol=1e-4, atol=1e-6):
-        fmt = lambda sp: "(" + ", ".join(f"{v:.4g}" for v in sp) + ")"  # noqa: E731
-        diffs.append(f"voxel spacing {fmt(m_sp)} vs {fmt(f_sp)} mm")
-    elif not np.allclose(m_lin / np.maximum(m_sp, 1e-12), f_lin / np.maximum(f_sp, 1e-12), atol=1e-4):
-        diffs.append("axis directions (orientation)")
-    return diffs
-
-
-def _resample_onto(moving, m_img, fixed, f_img):
-    """``moving`` resampled onto the fixed image's voxel grid through both affines (nibabel, linear, 0 outside)."""
-    import nibabel as nib
-    from nibabel.processing import resample_from_to
-
-    pad = (1,) * max(0, 3 - moving.ndim)  # nibabel resamples 3D images; a 2D one is a single slice
-    source = nib.Nifti1Image(moving.reshape(*moving.shape, *pad).astype(np.float32), m_img.affine)
-    target = (tuple(fixed.shape) + (1,) * max(0, 3 - fixed.ndim), f_img.affine)
-    out = resample_from_to(source, target, order=1, mode="constant", cval=0.0)
-    return np.asarray(out.get_fdata(dtype=np.float64)).reshape(fixed.shape)
-
-
 def _checkpoint_spec(spec: str) -> tuple[str, Path | None]:
     """("pretrained", None) when ``spec`` is a bare pretrained name, else ("file", the checkpoint file).
 
@@ -162,52 +79,72 @@ def _refine_steps(text: str) -> int | str:
 
 
 def cmd_register(args: argparse.Namespace) -> None:
-    """Register --moving to --fixed and write --out (and --flow): the checks run before any work."""
+    """Register --moving to --fixed in physical space and write --out (and the optional outputs): every check on
+    paths, images, labels and geometry runs before any work."""
     import nibabel as nib
 
-    from .inference import register
+    from .pipeline import as_image, check_label_map, check_same_grid, register_images, write_itk_displacement
 
     if args.iterations is not None:
         check_iterations(args.iterations, "--iterations")
+    if (args.moving_labels is None) != (args.labels_out is None):
+        given, missing = (
+            ("--moving-labels", "--labels-out") if args.labels_out is None else ("--labels-out", "--moving-labels")
+        )
+        raise ValueError(f"{given} needs {missing}: the moving label map and where to write it go together")
+    if args.stage != "affine" and args.checkpoint is None:
+        raise ValueError(f"--stage {args.stage} needs --checkpoint (a model); --stage affine runs without one")
     check_output_paths(
-        {"--out": args.out, "--flow": args.flow},
-        {"--moving": args.moving, "--fixed": args.fixed, "--checkpoint": _input_file(args.checkpoint)},
+        {
+            "--out": args.out,
+            "--flow": args.flow,
+            "--transform-out": args.transform_out,
+            "--labels-out": args.labels_out,
+        },
+        {
+            "--moving": args.moving,
+            "--fixed": args.fixed,
+            "--moving-labels": args.moving_labels,
+            "--checkpoint": _input_file(args.checkpoint) if args.checkpoint else None,
+        },
         suffixes=NIFTI_SUFFIXES,
     )
+    if args.resample:
+        print("note: --resample is no longer needed: register always maps the images through their affines",
+              file=sys.stderr)  # fmt: skip
     device = check_device(args.device)
-    model = _load_model(args.checkpoint, device)
-    moving, m_img = _load_nifti(args.moving, model.ndim, "--moving")
-    fixed, fixed_img = _load_nifti(args.fixed, model.ndim, "--fixed")
-    diffs = _grid_differences(moving, fixed, m_img, fixed_img, model.ndim)
-    if diffs and not args.resample:
-        raise ValueError(
-            f"--moving and --fixed lie on different voxel grids ({'; '.join(diffs)}); pass --resample to resample "
-            f"the moving image onto the fixed image's grid through both NIfTI affines"
-        )
-    if args.resample and (diffs or not np.allclose(m_img.affine, fixed_img.affine, atol=1e-4)):
-        moving = _resample_onto(moving, m_img, fixed, fixed_img)
-        print(
-            f"resampled --moving {args.moving} {m_img.shape[: model.ndim]} onto the --fixed grid {fixed.shape} "
-            f"through both affines (nibabel.processing.resample_from_to, linear, 0 outside the moving image)"
-        )
-    elif not np.allclose(m_img.affine, fixed_img.affine, atol=1e-4):
-        shift = float(np.linalg.norm(m_img.affine[:3, 3] - fixed_img.affine[:3, 3]))
-        print(
-            f"note: the affines of --moving and --fixed differ (origins {shift:.3g} mm apart); registered voxel to "
-            f"voxel (--resample aligns them through their affines first)",
-            file=sys.stderr,
-        )
-    warped, flow = register(moving, fixed, model, iterations=args.iterations, refine_steps=args.refine)
-    shape = fixed_img.shape
-    items = [(args.out, nib.Nifti1Image(warped.reshape(shape).astype(np.float32), fixed_img.affine))]
+    model = _load_model(args.checkpoint, device) if args.checkpoint else None
+    ndim = model.ndim if model is not None else _file_ndim(args.fixed)
+    fixed = as_image(args.fixed, ndim, "--fixed")
+    moving = as_image(args.moving, ndim, "--moving", world_axes=fixed.world_axes)
+    labels = None
+    if args.moving_labels:
+        labels = as_image(args.moving_labels, ndim, "--moving-labels", world_axes=fixed.world_axes)
+        check_same_grid(labels, moving)
+        check_label_map(labels)
+    reg = register_images(moving, fixed, model, stage=args.stage, iterations=args.iterations, refine_steps=args.refine)
+    items = [(args.out, reg.to_nifti(reg.apply()))]
+    if labels is not None:
+        label_dtype = labels.nifti.get_data_dtype() if labels.nifti is not None else np.int32
+        items.append((args.labels_out, reg.to_nifti(reg.apply(labels, labels=True), label_dtype)))
     if args.flow:
-        # (*S, [1,] ndim): component k is the displacement in voxels along array axis k
-        vec = np.moveaxis(flow, 0, -1).reshape(*shape, model.ndim).astype(np.float32)
-        flow_img = nib.Nifti1Image(vec, fixed_img.affine)
+        # (*S, [1,] ndim): component k is the displacement in fixed-image voxels along array axis k
+        lin = fixed.affine[:ndim, :ndim]
+        vox = np.linalg.solve(lin, reg.displacement.reshape(ndim, -1)).reshape(reg.displacement.shape)
+        flow_img = reg.to_nifti(np.moveaxis(vox, 0, -1))
         flow_img.header.set_intent("vector")
         items.append((args.flow, flow_img))
+    if args.transform_out:
+        items.append((args.transform_out, write_itk_displacement(reg)))
     atomic_write_many([(path, partial(nib.save, img)) for path, img in items])
-    print(f"wrote {args.out}" + (f" and {args.flow}" if args.flow else ""))
+    print(f"wrote {', '.join(str(path) for path, _ in items)}")
+
+
+def _file_ndim(path: str) -> int:
+    """2 or 3: the number of axes longer than 1 among a NIfTI file's first three (for --stage affine)."""
+    from .pipeline import spatial_axes
+
+    return spatial_axes(path, "--fixed")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -302,17 +239,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write per-pair metrics as JSON here (.json)")
     p.add_argument("--device")
     p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("register", help="register two NIfTI images (2D, or 3D with a 3D model) with a checkpoint")
-    p.add_argument("--moving", required=True)
-    p.add_argument("--fixed", required=True)
-    p.add_argument("--checkpoint", required=True, help="checkpoint file, run folder, or a pretrained name (brain2d)")
-    p.add_argument("--out", required=True, help="warped moving image (.nii.gz), with the fixed image's affine")
-    p.add_argument("--flow", help="also write the displacement field (*S, ndim) in voxels")
-    p.add_argument(
-        "--resample",
-        action="store_true",
-        help="resample the moving image onto the fixed image's grid through both affines (other size or spacing)",
+    p = sub.add_parser(
+        "register",
+        help="register two NIfTI images (2D, or 3D with a 3D model) in physical space: affine, then the network",
     )
+    p.add_argument("--moving", required=True, help="moving image (.nii/.nii.gz), any orientation and voxel size")
+    p.add_argument("--fixed", required=True, help="fixed image: the outputs lie on its grid, with its header")
+    p.add_argument(
+        "--checkpoint", help="checkpoint file, run folder, or a pretrained name (brain3d, brain2d); not needed for "
+        "--stage affine"
+    )  # fmt: skip
+    p.add_argument("--out", required=True, help="warped moving image (.nii.gz) on the fixed image's grid")
+    p.add_argument(
+        "--stage",
+        choices=("full", "affine", "deform"),
+        default="full",
+        help="full: affine, then the network (default); affine: the affine alone; deform: the network alone, on images "
+        "the NIfTI headers already align",
+    )
+    p.add_argument("--moving-labels", help="a label map on the moving image's grid, carried across (nearest)")
+    p.add_argument("--labels-out", help="where to write the carried labels (.nii.gz, the label map's integer type)")
+    p.add_argument(
+        "--transform-out",
+        help="write the transform as an ITK displacement field (world mm, LPS): antsApplyTransforms, "
+        "ants.apply_transforms and 3D Slicer read it",
+    )
+    p.add_argument("--flow", help="also write the displacement field (*S, ndim) in fixed-image voxels")
+    p.add_argument("--resample", action="store_true", help=argparse.SUPPRESS)  # kept for old scripts: now always
     p.add_argument("--iterations", type=int, help="override the model's iterations (1 to 1000)")
     p.add_argument(
         "--refine",

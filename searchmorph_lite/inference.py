@@ -110,6 +110,43 @@ def refine_settings(model: RegistrationModel, refine_steps: int | str) -> tuple[
     return int(refine_steps), options
 
 
+def _is_nifti(x) -> bool:
+    """True for what the physical-space pipeline takes: a path (str or os.PathLike) or a nibabel image."""
+    import os
+
+    if isinstance(x, (str, os.PathLike)):
+        return True
+    try:
+        import nibabel as nib
+    except ImportError:
+        return False
+    return isinstance(x, nib.spatialimages.SpatialImage)
+
+
+@torch.no_grad()
+def network_flow(
+    moving: torch.Tensor, fixed: torch.Tensor, model: RegistrationModel, iterations: int | None = None
+) -> torch.Tensor:
+    """The model's field (1, ndim, *S) for one normalized pair ``moving``, ``fixed`` (*S) on the model's device.
+
+    The images are zero-padded (centred) to the model's ``size_multiple``, registered in eval mode, and the field
+    is cropped back; ValueError when it holds NaN or inf.
+    """
+    kwargs = forward_kwargs(model, iterations)
+    padding = centred_padding(tuple(moving.shape), model.size_multiple)
+    pad = [n for before_after in reversed(padding) for n in before_after]  # F.pad wants the last axis first
+    was_training = model.training
+    model.eval()
+    try:
+        result = model(F.pad(moving[None, None], pad), F.pad(fixed[None, None], pad), **kwargs)
+    finally:
+        model.train(was_training)
+    if not torch.isfinite(result.flow).all():
+        raise ValueError("the model returned NaN or inf displacements for this pair; the output was not written")
+    crop = tuple(slice(before, before + n) for (before, _), n in zip(padding, moving.shape))
+    return result.flow[(slice(None), slice(None), *crop)]
+
+
 @torch.no_grad()
 def register(
     moving,
@@ -133,13 +170,30 @@ def register(
     and alpha from ``model.metadata``'s training config, else LNCC and 2; Adam lr 2 px and 3 pyramid levels, or
     ``metadata["refine_lr"]`` and ``["refine_levels"]``); "auto" takes ``model.metadata["refine_steps"]`` (0 when
     absent). 0 is the network.
+
+    NIfTI paths or nibabel images instead of arrays take the physical-space pipeline
+    (:func:`searchmorph_lite.pipeline.register_images`: affine, the model's frame, one composed transform) and
+    return (the warped moving image as a nibabel image on the fixed grid, the :class:`~.pipeline.Registration`).
     """
+    if _is_nifti(moving) or _is_nifti(fixed):
+        from .pipeline import register_images
+
+        if not isinstance(model, RegistrationModel):
+            raise ValueError(f"model must be a searchmorph_lite registration model, got {type(model).__name__}")
+        reg = register_images(moving, fixed, model, iterations=iterations, refine_steps=refine_steps)
+        return reg.to_nifti(reg.apply()), reg
+    for name, x in (("moving", moving), ("fixed", fixed)):
+        if isinstance(x, np.ma.MaskedArray):
+            raise ValueError(
+                f"{name} is a numpy masked array, and registration takes no mask: pass {name}.filled(0) to register "
+                f"its masked voxels as background, or {name}.data to use them as they are"
+            )
     if not isinstance(model, RegistrationModel):
         raise ValueError(
             f"model must be a searchmorph_lite registration model (SearchMorph, VoxelMorph, or "
             f"load_pretrained/load_checkpoint), got {type(model).__name__}"
         )
-    kwargs = forward_kwargs(model, iterations)
+    check_iterations_arg = forward_kwargs(model, iterations)  # noqa: F841 (checks iterations before any work)
     steps, refine_options = refine_settings(model, refine_steps)
     check_weights(model)
     m = to_image_tensor(moving, "moving", model.ndim)
@@ -150,24 +204,9 @@ def register(
     device, dtype = param.device, param.dtype
     m_in = normalize_intensity(m) if normalize else m
     f_in = normalize_intensity(f) if normalize else f
-    padding = centred_padding(tuple(m.shape), model.size_multiple)
-    pad = [n for before_after in reversed(padding) for n in before_after]  # F.pad wants the last axis first
-
-    def prep(t: torch.Tensor) -> torch.Tensor:
-        return F.pad(t[None, None].to(device=device, dtype=dtype), pad)
-
-    was_training = model.training
-    model.eval()
-    try:
-        result = model(prep(m_in), prep(f_in), **kwargs)
-    finally:
-        model.train(was_training)
-    if not torch.isfinite(result.flow).all():
-        raise ValueError("the model returned NaN or inf displacements for this pair; the output was not written")
-    crop = tuple(slice(before, before + n) for (before, _), n in zip(padding, m.shape))
-    flow = result.flow[(slice(None), slice(None), *crop)]
+    as_model = {"device": device, "dtype": dtype}
+    flow = network_flow(m_in.to(**as_model), f_in.to(**as_model), model, iterations)
     if steps:
-        as_model = {"device": device, "dtype": dtype}
         flow = refine_flow(
             m_in[None, None].to(**as_model), f_in[None, None].to(**as_model), flow, steps, **refine_options
         )

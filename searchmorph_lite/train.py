@@ -32,6 +32,7 @@ from .checkpoint import (
     save_checkpoint,
     state_digest,
 )
+from .data import dataset_frame
 from .losses import folding_barrier, grad_l2_loss, similarity_loss
 from .metrics import dice, folding_ratio
 from .model import RegistrationResult
@@ -738,6 +739,9 @@ def _train_loop(
                 "device": str(device),
                 "budget_clock": clock_name,
             }
+            frame = dataset_frame(cfg.dataset, cfg.dataset_options)
+            if frame is not None:  # the grid `searchmorph register` brings real images onto for this model
+                meta["frame"] = frame
             meta.update(world_size=info.world_size, global_batch_size=cfg.batch_size * info.world_size)
             if config_changes:
                 meta["config_changes"] = config_changes

@@ -785,15 +785,34 @@ CASES = [
          "ValueError: the model's weight 'encoder.trunk.down.0.0.weight' holds NaN or inf values: the model is "
          "broken"),
     # 9. grids
-    Case(9, "images of different size", lambda t: cli(*_grid_case(t, (48, 40))),
-         "error: --moving and --fixed lie on different voxel grids (shape (48, 40) vs (64, 64)); pass --resample to "
-         "resample the moving image onto the fixed image's grid through both NIfTI affines"),
-    Case(9, "images of the same size but another voxel spacing", lambda t: cli(*_grid_case(t, (64, 64), (2.0, 2.0))),
-         "error: --moving and --fixed lie on different voxel grids (voxel spacing (2, 2) vs (1, 1) mm); pass "
-         "--resample to resample the moving image onto the fixed image's grid through both NIfTI affines"),
-    Case(9, "the same with --resample (it runs)", lambda t: _resampled_line(t),
-         "resampled --moving {tmp}/m.nii.gz (48, 40) onto the --fixed grid (64, 64) through both affines "
-         "(nibabel.processing.resample_from_to, linear, 0 outside the moving image)"),
+    Case(9, "images of different size (they register through their affines)",
+         lambda t: cli(*_grid_case(t, (48, 40)), "--stage", "deform", ok=True), "wrote {tmp}/w.nii.gz"),
+    Case(9, "images of the same size but another voxel spacing (they register through their affines)",
+         lambda t: cli(*_grid_case(t, (64, 64), (2.0, 2.0)), "--stage", "deform", ok=True), "wrote {tmp}/w.nii.gz"),
+    Case(9, "--resample (from before register worked in physical space)",
+         lambda t: cli(*_grid_case(t, (48, 40), (1.0, 1.0), "--resample", "--stage", "deform"), ok=True,
+                       stream="stderr", line=0),
+         "note: --resample is no longer needed: register always maps the images through their affines"),
+    Case(9, "--stage deform with images that do not overlap in physical space",
+         lambda t: cli(*_far_case(t), "--stage", "deform"),
+         "error: --moving {tmp}/m.nii.gz and --fixed ... do not overlap in physical space (0.0 % of the fixed "
+         "foreground falls inside the moving image): check their headers (origins, orientation), or let the "
+         "affine stage align them (--stage full)"),
+    Case(9, "a singular affine on --fixed (refused before any work)", lambda t: cli(*_singular_case(t)),
+         "error: --fixed {tmp}/f0.nii.gz has a singular affine in the world plane of axes xy (voxel axes [[1.0, "
+         "0.0, 0.0], [0.0, 0.0, 0.0]]): its header does not say where the voxels are; fix its sform/qform"),
+    Case(9, "--moving-labels without --labels-out", lambda t: cli(*register_args(t), "--moving-labels",
+                                                                  str(shared("m.nii.gz"))),
+         "error: --moving-labels needs --labels-out: the moving label map and where to write it go together"),
+    Case(9, "--moving-labels that are not whole numbers", lambda t: cli(*register_args(t), "--moving-labels",
+         str(shared("m.nii.gz")), "--labels-out", str(t / "l.nii.gz")),
+         "error: --moving-labels ... holds non-integer values: a label map has one whole number per voxel"),
+    Case(9, "--moving-labels on another grid than --moving", lambda t: cli(*_labels_elsewhere(t)),
+         "error: --moving-labels {tmp}/l0.nii.gz does not lie on the moving image's grid ((32, 32) vs (64, 64) "
+         "voxels, or other affines): a label map must be the moving image's own"),
+    Case(9, "--stage deform without --checkpoint", lambda t: cli(*register_args(t, **{"--checkpoint": None}),
+                                                                 "--stage", "deform"),
+         "error: --stage deform needs --checkpoint (a model); --stage affine runs without one"),
     # 10. concurrent runs, full disks
     Case(10, "train into a run folder another train is using", _locked_run,
          "error: run folder {tmp}/run is in use by pid ... on ... since ...; wait for it to end, or use another "
@@ -856,8 +875,23 @@ def _register(moving, model: object = "small"):
     return register(moving, np.ones((32, 32)), model)
 
 
-def _resampled_line(t: Path) -> str:
-    return cli(*_grid_case(t, (48, 40), (1.0, 1.0), "--resample"), ok=True, line=0)
+def _far_case(t: Path) -> list[str]:
+    affine = np.eye(4)
+    affine[:3, 3] = 5000.0
+    moving = nifti(t / "m.nii.gz", np.random.default_rng(0).random((64, 64)), affine)
+    return register_args(t, **{"--moving": str(moving)})
+
+
+def _singular_case(t: Path) -> list[str]:
+    img = nib.Nifti1Image(np.random.default_rng(0).random((64, 64)).astype(np.float32), None)
+    img.set_sform(np.diag([1.0, 0.0, 1.0, 1.0]), code=2)  # the qform cannot hold a singular affine: sform only
+    nib.save(img, str(t / "f0.nii.gz"))
+    return register_args(t, **{"--fixed": str(t / "f0.nii.gz")})
+
+
+def _labels_elsewhere(t: Path) -> list[str]:
+    labels = nifti(t / "l0.nii.gz", np.ones((32, 32)), np.eye(4))
+    return [*register_args(t), "--moving-labels", str(labels), "--labels-out", str(t / "l.nii.gz")]
 
 
 # ---------------------------------------------------------------------------------------------------- checking
