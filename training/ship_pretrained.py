@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import math
 import os
 import platform
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import searchmorph_lite as sm  # noqa: E402
-from searchmorph_lite.data import load_dataset  # noqa: E402
+from searchmorph_lite.data import dataset_frame, load_dataset  # noqa: E402
 from searchmorph_lite.data.common import atomic_write_text  # noqa: E402
 from searchmorph_lite.pretrained import PRETRAINED, pretrained_path  # noqa: E402
 from searchmorph_lite.train import TrainConfig, evaluate  # noqa: E402
@@ -128,14 +129,26 @@ def refined_test_metrics(model: torch.nn.Module, dataset: str, options: dict, st
 
 
 def ship(
-    run: Path, name: str, hardware: str, refine_steps: int = 0, note: str = "", refine_lr: float | None = None
+    run: Path,
+    name: str,
+    hardware: str,
+    refine_steps: int = 0,
+    note: str = "",
+    refine_lr: float | None = None,
+    refinement: Path | None = None,
 ) -> Path:
     """Write ``searchmorph_lite/pretrained/<name>.pt`` from ``run/checkpoint.pt``; return its path.
 
     ``refine_steps`` > 0 is the refinement recommended for the model (``metadata["refine_steps"]``, which
     ``register(..., refine_steps="auto")`` and ``--refine auto`` use); its test metrics are measured too.
     ``refine_lr`` (pixels per Adam step; default 2) is recorded as ``metadata["refine_lr"]``, which refinement
-    uses for this model."""
+    uses for this model. ``refinement``, a table written by ``training/choose_refinement.py``, gives all three
+    (lr, levels, steps) from its choice and records how they were chosen (``metadata["refine_choice"]``)."""
+    choice = None
+    if refinement is not None:
+        table = json.loads(Path(refinement).read_text())
+        choice = table["choice"]
+        refine_steps, refine_lr = int(choice["steps"]), float(choice["lr"])
     if refine_lr is not None and not (refine_lr > 0 and refine_steps):
         raise ValueError(f"--refine-lr {refine_lr}: needs --refine-steps > 0 and a positive rate")
     ckpt = sm.read_checkpoint(run / "checkpoint.pt")
@@ -150,8 +163,21 @@ def ship(
         model.metadata = {"train_config": meta["train_config"]}  # refinement reads the loss from it
         if refine_lr is not None:
             model.metadata["refine_lr"] = meta["refine_lr"] = float(refine_lr)
+        if choice is not None:
+            model.metadata["refine_levels"] = meta["refine_levels"] = int(choice["levels"])
+            meta["refine_choice"] = {
+                "sets": table["sets"],
+                "network_dice": table["network"]["dice"],
+                "dice": choice["dice"],
+                "folding": choice["folding"],
+                "settings_tried": len(table["settings"]),
+                "command": table["command"],
+            }
         meta["refine_steps"] = int(refine_steps)
         meta.update(refined_test_metrics(model, meta["dataset"], meta["dataset_options"], refine_steps))
+    frame = dataset_frame(meta["dataset"], meta["dataset_options"])
+    if frame is not None:  # the grid `searchmorph register` brings real images onto (the pipeline reads it)
+        meta["frame"] = frame
     meta["name"] = name
     if note:
         meta["note"] = note.rstrip(".")
@@ -159,6 +185,10 @@ def ship(
     sm.save_checkpoint(out, model, metadata=meta)
     sm.load_pretrained(name, device="cpu")  # the shipped file must load with weights_only=True
     return out
+
+
+def _sets(sets: dict) -> str:
+    return ", ".join(f"{name}: {n} pairs" for name, n in sets.items())
 
 
 def _fmt(x: float, digits: int = 3) -> str:
@@ -228,10 +258,33 @@ def write_model_card() -> Path:
                 [
                     f"- Recommended test-time refinement: {md['refine_steps']} steps"
                     + (f" of {md['refine_lr']:g} px" if md.get("refine_lr") else "")
+                    + (f" on {md['refine_levels']} pyramid levels" if md.get("refine_levels") else "")
                     + f' (`register(..., refine_steps="auto")`, `--refine auto`); test Dice with it '
                     f"{_fmt(md.get('test_dice_refined'))}, % folding {_fmt(md.get('test_folding_refined'))}."
                 ]
+                + (
+                    [
+                        f"- How the refinement was chosen: {md['refine_choice']['settings_tried']} settings of lr, "
+                        f"levels and steps scored on validation sets ({_sets(md['refine_choice']['sets'])}); the "
+                        f"choice has the highest mean Dice over the sets ({_fmt(md['refine_choice']['dice'])}, the "
+                        f"network alone {_fmt(md['refine_choice']['network_dice'])}) with mean folding "
+                        f"{_fmt(md['refine_choice']['folding'])} %: `{md['refine_choice']['command']}`."
+                    ]
+                    if md.get("refine_choice")
+                    else []
+                )
                 if md.get("refine_steps")
+                else []
+            ),
+            *(
+                [
+                    f"- Frame (`searchmorph register` brings both images onto it): axes "
+                    f"{', '.join(md['frame']['axcodes'])} (the direction each array index runs towards), "
+                    f"{' x '.join(f'{v:g}' for v in md['frame']['voxel_mm'])} mm voxels, "
+                    f"{' x '.join(str(n) for n in md['frame']['shape'])} voxels centred on the fixed image's "
+                    "foreground."
+                ]
+                if md.get("frame")
                 else []
             ),
             f"- Wall time of the training loop: {md['wall_time_s']:.0f} s"
@@ -261,6 +314,9 @@ def main() -> None:
     parser.add_argument("--refine-steps", type=int, default=0, help="refinement steps recommended for the model")
     what = "refinement step size in pixels recorded for the model (default: refinement's 2)"
     parser.add_argument("--refine-lr", type=float, default=None, help=what)
+    parser.add_argument(
+        "--refinement", type=Path, help="a training/choose_refinement.py table: lr, levels and steps from its choice"
+    )
     parser.add_argument("--note", default="", help="a sentence for the model card (how the model is used)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -269,7 +325,8 @@ def main() -> None:
             parser.error("--run, --name and --hardware are required unless --card-only")
         base = f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
         hardware = f"{base}; {args.hardware}"
-        print("wrote", ship(args.run, args.name, hardware, args.refine_steps, args.note, args.refine_lr))
+        print("wrote", ship(args.run, args.name, hardware, args.refine_steps, args.note, args.refine_lr,
+                            args.refinement))  # fmt: skip
     print("wrote", write_model_card())
 
 
