@@ -91,9 +91,10 @@ def main(argv: list[str] | None = None) -> dict:
     results["load"] = os.getloadavg()[0]
     results["command"] = " ".join(["python benchmarks/cost3d.py", *(argv if argv is not None else sys.argv[1:])])
     Path(args.out + ".json").write_text(json.dumps(results, indent=1) + "\n")
-    lines = [f"Command: `{results['command']}`; {args.threads} thread(s), load average {results['load']:.2f}; medians "
-             f"of {args.repeats} interleaved repeats, seconds per pair.", "",
-             "| model | inference before | after | training step before | after |", "|---|---|---|---|---|"]  # fmt: skip
+    header = "| model | inference before | after | training step before | after |"
+    intro = (f"Command: `{results['command']}`; {args.threads} thread(s), load average {results['load']:.2f}; "
+             f"medians of {args.repeats} interleaved repeats, seconds per pair.")  # fmt: skip
+    lines = [intro, "", header, "|---|---|---|---|---|"]
     for name in ("brain3d", "brain3d-voxelmorph"):
         r = results[name]
         lines.append(f"| {name} | {r['infer_before']:.3f} | {r['infer_after']:.3f} | {r['step_before']:.3f} | "
