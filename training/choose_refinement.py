@@ -7,7 +7,8 @@ distribution alone can fail elsewhere: the first ``brain2d`` recommended 2 px (c
 brain pairs where the network put them. This script scores every (lr, levels, steps) on the validation split of
 the model's training data and on validation sets built to lie outside it (2D brain: inverted contrast, twice the
 deformation, far slices; 3D brain: twice the deformation, the full affine jitter instead of the residual one, one
-contrast at a time; echo: its own validation set only), each set weighted equally, and recommends the setting of
+contrast at a time; echo: the standard display settings instead of the wide ones, and another pixel size), each
+set weighted equally, and recommends the setting of
 highest mean Dice whose mean folding stays at most ``--max-folding`` % (ties: fewer steps). It writes the table to
 ``--out`` (JSON), which ``ship_pretrained.py --refinement`` records on the model card.
 
@@ -35,6 +36,10 @@ OOD_SETS = {
         "inverted contrast": {"contrast": "inverted"},
         "2x deformation": {"max_displacement": 16.0},
         "far slices": {"slices": "far"},
+    },
+    "echo2d-synthetic": {
+        "standard display": {"variability": "standard"},
+        "128 x 128 pixels": {"image_size": 128},
     },
     "brain3d": {
         "2x deformation": {"max_displacement": 5.0},
