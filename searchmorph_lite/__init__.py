@@ -3,7 +3,7 @@
 from .affine import AffineResult, affine_register
 from .base import RegistrationModel, RegistrationResult
 from .baselines import VoxelMorph, VoxelMorphConfig
-from .checkpoint import build_model, default_device, load_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import default_device, load_checkpoint, read_checkpoint, save_checkpoint
 from .correlation import (
     AllPairsLookup,
     OnTheFlyLookup,
@@ -17,11 +17,20 @@ from .correlation import (
 from .encoders import ContextEncoder, FeatureEncoder, SharedEncoder, UNetTrunk
 from .inference import normalize_intensity, register
 from .iterator import ConvGRU, DeformationFieldIterator
-from .losses import folding_barrier, grad_l2_loss, lncc_loss, local_ncc, mse_loss, registration_loss
+from .losses import (
+    folding_barrier,
+    grad_l2_loss,
+    lncc_loss,
+    local_ncc,
+    mse_loss,
+    registration_loss,
+    sequence_loss,
+)
 from .metrics import dice, folding_ratio, jacobian_determinant
 from .model import SearchMorph, SearchMorphConfig
 from .pipeline import Registration, register_images, write_itk_displacement
 from .pretrained import available_pretrained, load_pretrained
+from .registry import build_model
 from .sampling import bilinear_sample, sample_grid, sample_points
 from .transform import SpatialTransformer, identity_grid, integrate_velocity, upsample_flow, warp
 
@@ -77,6 +86,7 @@ __all__ = [
     "save_checkpoint",
     "search_features",
     "search_pyramid",
+    "sequence_loss",
     "upsample_flow",
     "warp",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 
 import numpy as np
@@ -9,7 +11,11 @@ import torch
 
 
 def check_image(x: torch.Tensor, name: str, ndim: int | None = None) -> None:
-    """Raise ValueError unless `x` is a finite float tensor (B, C, *spatial) with 2 or 3 spatial axes."""
+    """Raise ValueError unless `x` is a float tensor (B, C, *spatial) with 2 or 3 spatial axes.
+
+    Shapes and dtype only, as MONAI's ``Warp`` and VoxelMorph's ``SpatialTransformer``: reading values back would
+    make a GPU wait in every inner call. Values are checked at the edges (:func:`check_finite`).
+    """
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim not in (4, 5):
@@ -21,12 +27,17 @@ def check_image(x: torch.Tensor, name: str, ndim: int | None = None) -> None:
         )
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    """Raise ValueError when ``x`` holds NaN or inf: the value check of the edges (a model's entry, refinement's
+    inputs, evaluation of a model's output), which inner functions leave out."""
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or inf values")
 
 
 def check_flow(flow: torch.Tensor, name: str = "flow") -> None:
-    """Raise ValueError unless `flow` is a finite (B, ndim, *spatial) field with one channel per spatial axis."""
+    """Raise ValueError unless `flow` is a (B, ndim, *spatial) field with one channel per spatial axis (shapes only)."""
     check_image(flow, name)
     spatial = flow.ndim - 2
     if flow.shape[1] != spatial:
@@ -121,3 +132,63 @@ def one_line(message: object, limit: int = 600) -> str:
     kept = [s.strip() for s in sentences if s.strip() and not _UNSAFE.search(s)]
     line = re.sub(r"\s+", " ", " ".join(kept)).strip() or "unreadable input"
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+# What each annotation of a config dataclass field accepts: (test, what the message says it must be). A YAML typo
+# (use_context: "no", epochs: "3") must not reach a model or a training loop.
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_float(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_widths(value: object) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(_is_int(v) and v >= 1 for v in value)
+
+
+_ANNOTATION_CHECKS = {
+    "int": (_is_int, "an integer"),
+    "float": (_is_float, "a finite number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a name (text)"),
+    "dict": (lambda v: isinstance(v, dict), "a mapping of options"),
+    "tuple[int, ...]": (_is_widths, "a non-empty list of integers >= 1"),
+}
+
+
+def check_config_fields(cls: type, values: dict, prefix: str) -> dict:
+    """``values`` of fields of the dataclass ``cls``, each checked against its annotation and normalized.
+
+    int, float, bool, str, dict and ``tuple[int, ...]`` fields are checked (numpy scalars become Python numbers,
+    ints in a float field floats, lists in a tuple field tuples); other annotations pass unchecked. ValueError
+    ``"{prefix}{name} must be {what}, got {value!r}"`` for the first value that does not fit. The one validator
+    of SearchMorphConfig, VoxelMorphConfig and TrainConfig, and of a model config read from a file.
+    """
+    types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    out = dict(values)
+    for name, value in values.items():
+        kind = types.get(name)
+        if kind not in _ANNOTATION_CHECKS:
+            continue
+        if isinstance(value, np.generic) and kind in ("int", "float", "bool"):  # numpy scalars from a notebook
+            value = value.item()
+        ok, what = _ANNOTATION_CHECKS[kind]
+        if not ok(value):
+            shown = list(value) if isinstance(value, tuple) else value
+            raise ValueError(f"{prefix}{name} must be {what}, got {shown!r}")
+        if kind == "float":
+            value = float(value)
+        elif kind == "tuple[int, ...]":
+            value = tuple(value)
+        out[name] = value
+    return out
+
+
+def set_checked_fields(config: object, prefix: str) -> None:
+    """Check every field of the frozen dataclass instance ``config`` (:func:`check_config_fields`) and store the
+    normalized values in it: what each config's ``__post_init__`` calls first."""
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    for name, value in check_config_fields(type(config), values, prefix).items():
+        object.__setattr__(config, name, value)

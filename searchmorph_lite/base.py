@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ._checks import check_image, check_same_spatial
+from ._checks import check_finite, check_image, check_same_spatial
 
 
 @dataclass
@@ -30,7 +30,9 @@ class RegistrationModel(nn.Module):
 
     A subclass sets ``ndim`` (2 or 3 spatial axes), ``in_channels`` and ``size_multiple`` (every side of the
     input must divide by it), calls :meth:`check_inputs` first in ``forward``, and returns a RegistrationResult.
-    ``searchmorph_lite.register`` relies on exactly these attributes.
+    Its ``forward`` takes ``iterations`` (None: its own count; a one-shot model ignores it) and ``keep_flows``
+    (False: ``flows`` may hold only the last field, so inference memory does not grow with the iterations).
+    ``searchmorph_lite.register`` relies on exactly these attributes and arguments.
     """
 
     ndim: int = 2
@@ -50,6 +52,10 @@ class RegistrationModel(nn.Module):
                 f"image size {tuple(moving.shape[2:])} must be divisible by {self.size_multiple}; "
                 "pad it (searchmorph_lite.register does this for you)"
             )
+        check_finite(moving, "moving")  # the model's entry is an edge: the inner functions check shapes only
+        check_finite(fixed, "fixed")
 
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, iterations: int | None = None) -> RegistrationResult:
+    def forward(
+        self, moving: torch.Tensor, fixed: torch.Tensor, iterations: int | None = None, keep_flows: bool = True
+    ) -> RegistrationResult:
         raise NotImplementedError

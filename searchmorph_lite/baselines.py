@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._checks import set_checked_fields
 from ._nd import nd
 from .base import RegistrationModel, RegistrationResult
 from .transform import warp
@@ -24,8 +25,9 @@ class VoxelMorphConfig:
     ndim: int = 2
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "enc_widths", tuple(self.enc_widths))
-        object.__setattr__(self, "dec_widths", tuple(self.dec_widths))
+        set_checked_fields(self, "VoxelMorphConfig.")
+        if self.in_channels < 1:
+            raise ValueError(f"VoxelMorphConfig.in_channels must be >= 1, got {self.in_channels}")
         if len(self.dec_widths) < len(self.enc_widths):
             raise ValueError("dec_widths needs at least as many entries as enc_widths")
         if isinstance(self.ndim, bool) or self.ndim not in (2, 3):
@@ -47,7 +49,8 @@ class VoxelMorph(RegistrationModel):
 
     The U-Net sees [M, F] stacked, downsamples len(enc_widths) times with strided convolutions, decodes with
     skip connections to full resolution, and a 3x3 convolution initialised near zero outputs the field.
-    ``iterations`` is accepted for a common interface and ignored: VoxelMorph predicts in one shot.
+    ``iterations`` and ``keep_flows`` are accepted for a common interface and ignored: VoxelMorph predicts in one
+    shot.
     """
 
     def __init__(self, config: VoxelMorphConfig | None = None) -> None:
@@ -77,7 +80,11 @@ class VoxelMorph(RegistrationModel):
         self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
         self.size_multiple = 2 ** len(enc)
 
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, iterations: int | None = None) -> RegistrationResult:
+    def forward(
+        self, moving: torch.Tensor, fixed: torch.Tensor, iterations: int | None = None, keep_flows: bool = True
+    ) -> RegistrationResult:
+        """RegistrationResult with the one field (B, ndim, *S); ``iterations`` and ``keep_flows`` are part of the
+        RegistrationModel contract and change nothing here (one shot, one field)."""
         self.check_inputs(moving, fixed)
         x = torch.cat([moving, fixed], dim=1)
         skips = [x]

@@ -8,7 +8,6 @@ of the zip archive torch writes, which catches flipped bytes too.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -24,8 +23,8 @@ from torch import nn
 
 from ._checks import check_device, one_line
 from ._files import atomic_write, path_problem
-from .baselines import VoxelMorph, VoxelMorphConfig
-from .model import SearchMorph, SearchMorphConfig
+from .refine import MAX_REFINE_STEPS
+from .registry import MODELS, build_model
 
 FORMAT = "searchmorph_lite.checkpoint/2"
 # Format 1 (searchmorph_lite 0.1) stored SearchMorph's trunk twice, under both encoders, and kept the hidden-state
@@ -40,55 +39,6 @@ _RENAMES_V1 = (  # (old prefix, new prefix) of SearchMorph keys, format 1 -> 2
 )
 # Weights beyond this size come only from a diverged training: trained models here stay below 100.
 MAX_WEIGHT = 1e6
-MODELS = {"SearchMorph": (SearchMorph, SearchMorphConfig), "VoxelMorph": (VoxelMorph, VoxelMorphConfig)}
-
-
-def _check_field_type(kind: str, name: str, annotation: object, value: object) -> None:
-    """Raise ValueError unless ``value`` fits a config field annotated ``annotation`` (int, bool, tuple of ints)."""
-    ann = str(annotation)
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    if ann in ("int", "<class 'int'>") and not is_int:
-        raise ValueError(f"{kind} config: {name} must be an integer, got {value!r}")
-    if ann in ("bool", "<class 'bool'>") and not isinstance(value, bool):
-        raise ValueError(f"{kind} config: {name} must be true or false, got {value!r}")
-    if ann.startswith("tuple[int") and not (
-        isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
-        raise ValueError(f"{kind} config: {name} must be a list of integers, got {value!r}")
-
-
-def check_model_config(kind: str, config: dict | None = None) -> object:
-    """The config dataclass (SearchMorphConfig / VoxelMorphConfig) of ``kind`` from a dict, every field checked.
-
-    ValueError naming the model, the field and the value for unknown kinds, unknown fields and wrong types.
-    """
-    if not isinstance(kind, str) or kind not in MODELS:
-        raise ValueError(f"unknown model {kind!r}; choose one of {', '.join(sorted(MODELS))}")
-    config = {} if config is None else config
-    if not isinstance(config, dict):
-        raise ValueError(f"{kind} config must be a mapping of fields, got {type(config).__name__}")
-    config_cls = MODELS[kind][1]
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
-    unknown = sorted((k for k in set(config) - set(fields)), key=str)
-    if unknown:
-        raise ValueError(
-            f"{kind} config: unknown field(s) {', '.join(repr(k) for k in unknown)}; known: {', '.join(fields)}"
-        )
-    for name, value in config.items():
-        _check_field_type(kind, name, fields[name].type, value)
-        if str(fields[name].type).startswith("tuple[int") and (not value or min(value) < 1):
-            raise ValueError(f"{kind} config: {name} must be a non-empty list of integers >= 1, got {list(value)!r}")
-        if name == "in_channels" and value < 1:
-            raise ValueError(f"{kind} config: in_channels must be an integer >= 1, got {value!r}")
-    try:
-        return config_cls(**config)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"bad {kind} config: {one_line(err)}") from None
-
-
-def build_model(kind: str, config: dict | None = None) -> nn.Module:
-    """A fresh model of ``kind`` ("SearchMorph" or "VoxelMorph") built from a config dict."""
-    return MODELS[kind][0](check_model_config(kind, config))
 
 
 def state_digest(kind: str, config: dict, state: dict) -> str:
@@ -302,7 +252,10 @@ def _verify_digests(ckpt: dict, path: Path, is_zip: bool) -> None:
 # Metadata entries that inference reads: (check, what it must be). A wrong one is refused when the file loads,
 # naming the file and the entry, instead of failing later inside register().
 _METADATA_CHECKS = {
-    "refine_steps": (lambda v: _is_int(v) and 0 <= v <= 10000, "a whole number of steps from 0 to 10000"),
+    "refine_steps": (
+        lambda v: _is_int(v) and 0 <= v <= MAX_REFINE_STEPS,
+        f"a whole number of steps from 0 to {MAX_REFINE_STEPS}",
+    ),
     "refine_levels": (lambda v: _is_int(v) and 1 <= v <= 8, "a whole number of pyramid levels from 1 to 8"),
     "refine_lr": (lambda v: _is_number(v) and 0 < v < 1e3, "a step size in pixels, > 0"),
     "train_config": (lambda v: isinstance(v, dict), "a mapping of TrainConfig fields"),
@@ -411,6 +364,13 @@ def load_weights(model: nn.Module, state: dict, source: str) -> None:
                 f"in the file but {tuple(value.shape)} in the model ({bad} tensor(s) differ)"
             )
     model.load_state_dict(state)
+
+
+def largest_weight(model: nn.Module) -> torch.Tensor:
+    """The largest |value| (a 0-dim tensor on the model's device, inf or NaN when one is not finite) of ``model``'s
+    floating-point parameters; read back only when checked, so a training step does not wait for it."""
+    tops = [p.detach().abs().max() for p in model.parameters() if p.is_floating_point() and p.numel()]
+    return torch.stack(tops).max() if tops else torch.zeros(())
 
 
 def default_device() -> torch.device:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ._checks import check_iterations
 from .base import RegistrationModel
-from .refine import refine_flow
+from .refine import MAX_REFINE_STEPS, REFINE_DEFAULTS, refine_flow
 from .transform import warp
 
 # Registration computes in float32 (the models' weights) and writes float32 NIfTI: larger values overflow.
@@ -56,12 +54,10 @@ def to_image_tensor(x, name: str, ndim: int = 2) -> torch.Tensor:
 
 
 def forward_kwargs(model: RegistrationModel, iterations: int | None = None) -> dict:
-    """Keyword arguments for ``model(moving, fixed, **kw)`` at inference: the checked ``iterations`` and, for a
-    model that takes it, ``keep_flows=False``, so memory does not grow with the iteration count."""
+    """Keyword arguments for ``model(moving, fixed, **kw)`` at inference: the checked ``iterations`` and
+    ``keep_flows=False``, so memory does not grow with the iteration count."""
     kwargs = {} if iterations is None else {"iterations": check_iterations(iterations)}
-    if "keep_flows" in inspect.signature(model.forward).parameters:
-        kwargs["keep_flows"] = False
-    return kwargs
+    return {**kwargs, "keep_flows": False}  # part of RegistrationModel's contract
 
 
 def check_weights(model: torch.nn.Module) -> None:
@@ -98,14 +94,14 @@ def refine_settings(model: RegistrationModel, refine_steps: int | str) -> tuple[
         refine_steps = int(metadata.get("refine_steps", 0))
     if isinstance(refine_steps, bool) or not isinstance(refine_steps, (int, np.integer)) or refine_steps < 0:
         raise ValueError(f'refine_steps must be an integer >= 0 or "auto", got {refine_steps!r}')
-    if refine_steps > 10000:
-        raise ValueError(f"refine_steps={refine_steps} is more than 10000; a few hundred steps converge")
+    if refine_steps > MAX_REFINE_STEPS:
+        raise ValueError(f"refine_steps={refine_steps} is more than {MAX_REFINE_STEPS}; a few hundred steps converge")
     train_config = metadata.get("train_config", {}) if isinstance(metadata.get("train_config"), dict) else {}
     options = {
-        "similarity": train_config.get("similarity", "lncc"),
-        "alpha": float(train_config.get("alpha", 2.0)),
-        "lr": float(metadata.get("refine_lr", 2.0)),
-        "levels": int(metadata.get("refine_levels", 3)),
+        "similarity": train_config.get("similarity", REFINE_DEFAULTS["similarity"]),
+        "alpha": float(train_config.get("alpha", REFINE_DEFAULTS["alpha"])),
+        "lr": float(metadata.get("refine_lr", REFINE_DEFAULTS["lr"])),
+        "levels": int(metadata.get("refine_levels", REFINE_DEFAULTS["levels"])),
     }
     return int(refine_steps), options
 

@@ -1,4 +1,8 @@
-"""The training loss (eq. 9): a similarity term (MSE or LNCC) plus alpha times an L2 gradient penalty on the field."""
+"""The training loss (eq. 9): a similarity term (MSE or LNCC) plus alpha times an L2 gradient penalty on the field.
+
+:func:`registration_loss` is eq. 9 on one field (with the optional folding barrier), :func:`sequence_loss` the
+weighted sum of it over a model's iterations: what training minimises. Refinement minimises the first.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import torch.nn.functional as F
 
 from ._checks import check_flow, check_image, check_same_spatial
 from ._nd import conv3d
+from .base import RegistrationResult
+from .transform import warp
 
 
 def mse_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -99,8 +105,47 @@ def similarity_loss(name: str):
 
 
 def registration_loss(
-    warped: torch.Tensor, fixed: torch.Tensor, flow: torch.Tensor, similarity: str = "lncc", alpha: float = 2.0
+    warped: torch.Tensor,
+    fixed: torch.Tensor,
+    flow: torch.Tensor,
+    similarity: str = "lncc",
+    alpha: float = 2.0,
+    fold_weight: float = 0.0,
 ) -> torch.Tensor:
-    """Scalar eq. 9: L_sim(warped, fixed) + alpha * L_reg(flow)."""
+    """Scalar eq. 9: L_sim(warped, fixed) + alpha * L_reg(flow), + fold_weight * mean(relu(0.1 - det J)).
+
+    The folding barrier (:func:`folding_barrier`) is beyond the paper; ``fold_weight`` 0 (the default) is eq. 9
+    itself. Training (through :func:`sequence_loss`) and test-time refinement both minimise this one function.
+    """
     check_same_spatial(warped, flow, "warped", "flow")
-    return similarity_loss(similarity)(warped, fixed) + alpha * grad_l2_loss(flow)
+    loss = similarity_loss(similarity)(warped, fixed) + alpha * grad_l2_loss(flow)
+    if fold_weight:
+        loss = loss + fold_weight * folding_barrier(flow)
+    return loss
+
+
+def sequence_loss(
+    result: RegistrationResult,
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    similarity: str = "lncc",
+    alpha: float = 2.0,
+    fold_weight: float = 0.0,
+    iteration_weight: float = 0.8,
+) -> torch.Tensor:
+    """Scalar :func:`registration_loss` of every iteration's field in ``result.flows``, weighted and normalized.
+
+    The paper does not say which iterations the loss sees. We weight iteration i of N by
+    ``iteration_weight ** (N - 1 - i)`` (RAFT's sequence loss) and divide by the weights' sum; the last field
+    always has weight 1, so ``iteration_weight`` 0 scores the last one only. ``moving`` (B, C, *S) is warped by
+    each earlier field; the last one's warped image is ``result.warped``.
+    """
+    n = len(result.flows)
+    weights = [iteration_weight ** (n - 1 - i) if i < n - 1 else 1.0 for i in range(n)]
+    total = moving.new_zeros(())
+    for w, flow in zip(weights, result.flows):
+        if w == 0:
+            continue
+        warped = result.warped if flow is result.flow else warp(moving, flow)
+        total = total + w * registration_loss(warped, fixed, flow, similarity, alpha, fold_weight)
+    return total / sum(weights)

@@ -8,7 +8,7 @@ from functools import partial
 
 import torch
 
-from ._checks import check_iterations
+from ._checks import check_iterations, set_checked_fields
 from .base import RegistrationModel, RegistrationResult
 from .correlation import LOOKUPS
 from .encoders import SharedEncoder
@@ -45,15 +45,7 @@ class SearchMorphConfig:
     feature_stride: int = 2  # features, search and GRU at 1/2 resolution (the paper's); 1 = full resolution
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "widths", tuple(self.widths))
-        for f in dataclasses.fields(self):  # a YAML typo such as use_context: "no" must not read as True
-            value = getattr(self, f.name)
-            if f.type in ("bool", bool) and not isinstance(value, bool):
-                raise ValueError(f"SearchMorphConfig.{f.name} must be true or false, got {value!r}")
-            if f.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"SearchMorphConfig.{f.name} must be an integer, got {value!r}")
-        if not self.widths or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in self.widths):
-            raise ValueError(f"SearchMorphConfig.widths must be positive integers, got {self.widths!r}")
+        set_checked_fields(self, "SearchMorphConfig.")  # a YAML typo such as use_context: "no" is refused
         for name in ("in_channels", "feature_dim", "hidden_dim", "motion_dim", "levels", "iterations"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SearchMorphConfig.{name} must be >= 1, got {getattr(self, name)}")

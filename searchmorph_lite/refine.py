@@ -17,13 +17,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_flow, check_image, check_same_spatial
+from ._checks import check_finite, check_flow, check_image, check_same_spatial
 from ._nd import nd
-from .losses import folding_barrier, grad_l2_loss, similarity_loss
+from .losses import registration_loss, similarity_loss
 from .transform import warp
 
 # a pyramid level whose smallest side would fall below this many pixels is skipped (its steps go to finer ones)
 MIN_LEVEL_SIDE = 8
+# Refinement's settings where neither the caller nor a model's metadata gives them (refine_flow's defaults, and what
+# register runs when the model's metadata has no training config, refine_lr or refine_levels): the one place.
+REFINE_DEFAULTS = {"similarity": "lncc", "alpha": 2.0, "lr": 2.0, "levels": 3, "smoothing": 3, "fold_weight": 10.0}
+# More steps only cost time: a few hundred converge (register, the CLI and a checkpoint's refine_steps).
+MAX_REFINE_STEPS = 10000
 
 
 def refinement_loss(
@@ -34,12 +39,10 @@ def refinement_loss(
     alpha: float,
     fold_weight: float = 0.0,
 ) -> torch.Tensor:
-    """Scalar eq. 9 per batch, L_sim(warp(M, flow), F) + alpha * L_reg(flow), + fold_weight * mean(relu(0.1 -
-    det J)) when ``fold_weight`` > 0: what refinement minimises."""
-    loss = similarity_loss(similarity)(warp(moving, flow), fixed) + alpha * grad_l2_loss(flow)
-    if fold_weight:
-        loss = loss + fold_weight * folding_barrier(flow)
-    return loss
+    """Scalar :func:`~searchmorph_lite.losses.registration_loss` of ``flow`` on the pair (moving, fixed): eq. 9,
+    + fold_weight * mean(relu(0.1 - det J)) when ``fold_weight`` > 0, of warp(moving, flow). What refinement
+    minimises."""
+    return registration_loss(warp(moving, flow), fixed, flow, similarity, alpha, fold_weight)
 
 
 def _smooth(field: torch.Tensor, width: int) -> torch.Tensor:
@@ -63,12 +66,12 @@ def refine_flow(
     fixed: torch.Tensor,
     flow: torch.Tensor,
     steps: int,
-    similarity: str = "lncc",
-    alpha: float = 2.0,
-    lr: float = 2.0,
-    levels: int = 3,
-    smoothing: int = 3,
-    fold_weight: float = 10.0,
+    similarity: str = REFINE_DEFAULTS["similarity"],
+    alpha: float = REFINE_DEFAULTS["alpha"],
+    lr: float = REFINE_DEFAULTS["lr"],
+    levels: int = REFINE_DEFAULTS["levels"],
+    smoothing: int = REFINE_DEFAULTS["smoothing"],
+    fold_weight: float = REFINE_DEFAULTS["fold_weight"],
 ) -> torch.Tensor:
     """Refined field (B, ndim, *S): ``flow`` after ``steps`` Adam steps in all on the pair (moving, fixed).
 
@@ -79,8 +82,9 @@ def refine_flow(
     returned field never has a higher full-size loss than ``flow`` (step 0); with a batch, the loss (and so the
     choice) is the batch mean. Detached; runs with gradients enabled even inside ``torch.no_grad()``.
     """
-    check_image(moving, "moving")
-    check_image(fixed, "fixed")
+    for x, name in ((moving, "moving"), (fixed, "fixed"), (flow, "flow")):
+        check_image(x, name)
+        check_finite(x, name)
     check_flow(flow)
     check_same_spatial(moving, flow, "moving", "flow")
     check_same_spatial(fixed, flow, "fixed", "flow")

@@ -9,8 +9,8 @@ the same (bi/tri)linear interpolation with zeros outside the grid:
 * ``sample_points`` / ``sample_grid``: the fused ``grid_sample`` kernel, about 10x faster forward + backward.
   Normalizing to [-1, 1] costs float32 precision: positions are exact to about 1e-7 * size pixels.
 
-``sample_grid`` takes the fast path and falls back to the exact one where that matters: integer-valued
-positions (identity and integer shifts copy exactly), axes of one pixel, and nearest-neighbour sampling.
+``sample_grid`` takes the fast path, and the exact one for nearest-neighbour sampling, axes of one pixel, and
+where its caller asks with ``exact=True`` (then an identity or an integer shift copies pixels bit for bit).
 """
 
 from __future__ import annotations
@@ -108,13 +108,19 @@ def _sample_around(values: torch.Tensor, centre: torch.Tensor, offsets: torch.Te
 
 
 def sample_grid(
-    image: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros"
+    image: torch.Tensor,
+    coords: torch.Tensor,
+    mode: str = "bilinear",
+    padding_mode: str = "zeros",
+    exact: bool = False,
 ) -> torch.Tensor:
     """``image`` (B, C, *S) sampled at pixel positions ``coords`` (B, ndim, *S) -> (B, C, *S).
 
     ``mode`` "bilinear" (trilinear in 3D) or "nearest"; ``padding_mode`` "zeros" (outside reads 0) or "border"
-    (outside reads the nearest border pixel). Fast path ``grid_sample``; the exact gather for integer-valued
-    positions, one-pixel axes and nearest sampling (see the module docstring).
+    (outside reads the nearest border pixel). Fast path ``grid_sample``; the exact gather for nearest sampling,
+    one-pixel axes, and where the caller asks for it with ``exact`` (integer positions then copy pixels bit for
+    bit). The path follows from the arguments and shapes, never from the values: a value test would make a GPU
+    wait on every call.
     """
     spatial = tuple(image.shape[2:])
     b, c = image.shape[:2]
@@ -124,8 +130,7 @@ def sample_grid(
         coords = torch.minimum(coords.clamp_min(0), limits.view(1, -1, *[1] * ndim))
     if mode == "nearest":
         coords = torch.round(coords)
-    exact = mode == "nearest" or min(spatial) < 2 or torch.equal(coords, torch.round(coords))
-    if exact:
+    if exact or mode == "nearest" or min(spatial) < 2:
         points = coords.flatten(2).transpose(1, 2)  # (B, P, ndim)
         return bilinear_sample(image, points).reshape(b, c, *spatial)
     grid = _to_grid(coords.movedim(1, -1), spatial)  # (B, *S, ndim)

@@ -1,9 +1,14 @@
-"""One scoring code for every method on a dataset's pairs: the book's tables and the benchmark scripts use it.
+"""Evaluation: each metric defined once, named for what it computes, and the two ways to score a registration.
 
-A *method* is any callable ``method(moving, fixed) -> flow`` on numpy images (*S) returning a field (ndim, *S) in
-pixels (our convention: ``warp(moving, flow)`` samples moving at p + flow(p)). :func:`score_flow` scores one field
-on one pair; :func:`run_method` times a method on a list of pairs and scores each field the same way, whatever
-produced it: a network through ``register``, ANTs through ``ants_register``, or the identity.
+Metrics: Dice per label and folding % (:mod:`.metrics`), :func:`global_ncc` (Pearson correlation of two images
+inside a mask) and :func:`rms_local_ncc` (the root of the mean squared local NCC of eq. 9's LNCC term).
+
+* :func:`evaluate` scores a model on a dataset in batches, the model called directly: training's validation, the
+  model cards, ``searchmorph evaluate``, chapter 13.
+* :func:`score_flow` scores one field on one pair, and :func:`run_method` times a *method* on pairs and scores each
+  field the same way, whatever produced it: a network through ``register``, ANTs through ``ants_register``, or the
+  identity (chapters 11 and 12, the benchmarks). A method is any callable ``method(moving, fixed) -> flow`` on
+  numpy images (*S) returning a field (ndim, *S) in pixels (``warp(moving, flow)`` samples moving at p + flow(p)).
 """
 
 from __future__ import annotations
@@ -13,7 +18,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
+from torch.utils.data import DataLoader
 
+from ._checks import check_device, check_positive
+from .checkpoint import largest_weight
+from .losses import local_ncc
 from .metrics import dice, folding_ratio
 from .transform import warp
 
@@ -29,18 +39,26 @@ def global_ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> 
     return float((a * b).sum() / denom) if denom > 0 else 0.0
 
 
+def rms_local_ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-pair (B,) root of the mean over pixels of the squared local NCC (:func:`~.losses.local_ncc`, 9-pixel boxes)
+    of two images (B, C, *S): 1 for images equal up to local brightness and contrast, 0 for unrelated ones."""
+    return local_ncc(a, b).flatten(1).mean(1).sqrt()
+
+
 def score_flow(pair: dict, flow: np.ndarray, labels: Sequence[int] | None = None) -> dict:
     """Scores of a field ``flow`` (ndim, *S) on a dataset ``pair`` ("moving", "fixed" (1, *S), labels optional).
 
-    "folding": % of pixels with det(I + grad u) <= 0; "ncc": global NCC of the warped and fixed images inside
-    the fixed image's support (fixed > 0.02, the echo sector or the head); with labels, "dice_per_label" (nan
-    for a label absent from both maps) and "dice", their nan-mean, the labels warped by nearest neighbour.
-    ``labels`` default to those present in the fixed label map (background 0 excluded).
+    "folding": % of pixels with det(I + grad u) <= 0; "global_ncc": :func:`global_ncc` of the warped and fixed
+    images inside the fixed image's support (fixed > 0.02, the echo sector or the head), also under its older name
+    "ncc" (the stored benchmark results and chapters read it); with labels, "dice_per_label" (nan for a label
+    absent from both maps) and "dice", their nan-mean, the labels warped by nearest neighbour. ``labels`` default
+    to those present in this pair's fixed label map (background 0 excluded).
     """
     f = torch.from_numpy(np.ascontiguousarray(flow)).double()[None]
     fixed = pair["fixed"][0].numpy()
     warped = warp(pair["moving"][None].double(), f)[0, 0].numpy()
-    out = {"folding": float(folding_ratio(f)[0]), "ncc": global_ncc(warped, fixed, fixed > 0.02)}
+    ncc = global_ncc(warped, fixed, fixed > 0.02)
+    out = {"folding": float(folding_ratio(f)[0]), "global_ncc": ncc, "ncc": ncc}
     if "moving_labels" in pair:
         if labels is None:
             labels = sorted(int(v) for v in torch.unique(pair["fixed_labels"]) if v != 0)
@@ -49,6 +67,92 @@ def score_flow(pair: dict, flow: np.ndarray, labels: Sequence[int] | None = None
         out["dice_per_label"] = per_label.tolist()
         out["dice"] = float(torch.nanmean(per_label))
     return out
+
+
+def batch_to(batch: dict, device: torch.device) -> dict:
+    """``batch`` with its tensors on ``device`` (other entries as they are)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset,
+    device: torch.device | str | None = None,
+    max_pairs: int | None = None,
+    iterations: int | None = None,
+    batch_size: int = 4,
+    labels: Sequence[int] | None = None,
+) -> dict:
+    """Per-pair scores of ``model`` on ``dataset`` in batches: the model itself, not ``register``.
+
+    Returns a dict of lists (one entry per pair): "dice" (per label, if labelled), "folding" (%),
+    "rms_local_ncc_before" / "rms_local_ncc_after" (:func:`rms_local_ncc` of the moving / warped image and the fixed
+    one), "seconds"; plus "labels" and the means "dice_mean", "folding_mean". The labels are those of ``labels``, else
+    those present in the first batch's fixed label maps (background 0 excluded), the same for every pair so that
+    "dice" is a table; :func:`score_flow` chooses them per pair. "ncc_before" and "ncc_after" repeat the RMS local
+    NCC under the names of files written before (model cards, ``evaluate --out``). ``max_pairs`` and ``batch_size``
+    must be >= 1 and ``iterations`` in [1, 1000] (ValueError); an empty dataset is refused rather than reported as
+    NaN means.
+    """
+    from .inference import check_weights, forward_kwargs
+
+    if max_pairs is not None:
+        max_pairs = check_positive(max_pairs, "max_pairs")
+    batch_size = check_positive(batch_size, "batch_size")
+    if iterations is not None and not hasattr(getattr(model, "config", None), "iterations"):
+        raise ValueError(f"iterations is for models that iterate (SearchMorph); a {type(model).__name__} does not")
+    kwargs = forward_kwargs(model, iterations)
+    check_weights(model)
+    device = check_device(device) if device is not None else next(model.parameters()).device
+    model.eval()
+    n = len(dataset) if max_pairs is None else min(max_pairs, len(dataset))
+    if n == 0:
+        raise ValueError("the dataset to evaluate on has no pairs")
+    _check_model_fits(model, dataset[0]["moving"])
+    loader = DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=batch_size)
+    out: dict = {"dice": [], "folding": [], "rms_local_ncc_before": [], "rms_local_ncc_after": [], "seconds": []}
+    labels = None if labels is None else [int(v) for v in labels]
+    for batch in loader:
+        batch = batch_to(batch, device)
+        start = time.perf_counter()
+        result = model(batch["moving"], batch["fixed"], **kwargs)
+        if not torch.isfinite(result.flow).all():  # the model's output: checked here, at the edge, once per batch
+            raise ValueError(
+                f"the model returned NaN or inf displacements: its weights are broken (largest |weight| "
+                f"{float(largest_weight(model)):.3g})"
+            )
+        elapsed = (time.perf_counter() - start) / batch["moving"].shape[0]
+        out["folding"] += folding_ratio(result.flow).tolist()
+        out["seconds"] += [elapsed] * batch["moving"].shape[0]
+        for key, img in (("rms_local_ncc_before", batch["moving"]), ("rms_local_ncc_after", result.warped)):
+            out[key] += rms_local_ncc(img, batch["fixed"]).tolist()
+        if "moving_labels" in batch:
+            warped_lab = warp(batch["moving_labels"].float(), result.flow, mode="nearest").round().long()
+            if labels is None:
+                labels = sorted(int(v) for v in torch.unique(batch["fixed_labels"]) if v != 0)
+            out["dice"] += dice(warped_lab, batch["fixed_labels"], labels).tolist()
+    out["ncc_before"], out["ncc_after"] = out["rms_local_ncc_before"], out["rms_local_ncc_after"]  # older names
+    out["labels"] = labels or []
+    if out["dice"]:
+        out["dice_mean"] = float(np.nanmean(np.nanmean(np.array(out["dice"], dtype=float), axis=1)))
+    out["folding_mean"] = float(np.mean(out["folding"]))
+    return out
+
+
+def _check_model_fits(model: nn.Module, image: torch.Tensor) -> None:
+    """Raise ValueError, blaming the model, when the dataset's images (C, *S) do not fit its ndim or channels."""
+    kind, ndim, channels = type(model).__name__, getattr(model, "ndim", None), getattr(model, "in_channels", None)
+    if ndim is not None and image.ndim - 1 != ndim:
+        raise ValueError(
+            f"the model is a {ndim}D {kind} (config ndim={ndim}) but the dataset's images are {image.ndim - 1}D; "
+            f"evaluate it on a {ndim}D dataset"
+        )
+    if channels is not None and image.shape[0] != channels:
+        raise ValueError(
+            f"the model is a {kind} for {channels}-channel images (config in_channels={channels}) but the dataset's "
+            f"images have {image.shape[0]}"
+        )
 
 
 def run_method(method: Method, pairs: Sequence[dict], labels: Sequence[int] | None = None, warmup: bool = True) -> dict:

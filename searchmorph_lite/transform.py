@@ -25,13 +25,16 @@ def _check_modes(mode: str, padding_mode: str) -> None:
         raise ValueError(f"padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
 
 
-def warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
+def warp(
+    image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros", exact: bool = False
+) -> torch.Tensor:
     """Warped image (B, C, *spatial): ``image`` sampled at p + flow(p) for every pixel p (eq. 8).
 
     Bilinear (trilinear in 3D) interpolation between the 2^ndim neighbours of p + flow(p), or ``nearest`` for
     label maps. Positions outside the image read 0 (``padding_mode="zeros"``) or the nearest border pixel
     (``"border"``). Sampling goes through :func:`searchmorph_lite.sampling.sample_grid`: the fused ``grid_sample``
-    kernel, with the exact gather for integer fields, so a zero or integer field copies pixels exactly.
+    kernel, exact to about 1e-7 * size pixels; ``exact=True`` takes the gather instead, so a zero or integer field
+    copies pixels bit for bit (slower, in backward most). Shapes are checked here, values at the edges.
     """
     check_image(image, "image")
     check_flow(flow)
@@ -40,7 +43,7 @@ def warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", paddin
     shape = tuple(image.shape[2:])
     dtype = torch.promote_types(image.dtype, flow.dtype)
     coords = identity_grid(shape, device=flow.device, dtype=dtype) + flow.to(dtype)
-    return sample_grid(image.to(dtype), coords, mode=mode, padding_mode=padding_mode).to(image.dtype)
+    return sample_grid(image.to(dtype), coords, mode=mode, padding_mode=padding_mode, exact=exact).to(image.dtype)
 
 
 class SpatialTransformer(nn.Module):

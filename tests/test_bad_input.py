@@ -22,8 +22,13 @@ from searchmorph_lite import (
     upsample_flow,
     warp,
 )
+from searchmorph_lite.refine import refine_flow
 
 SMALL = SearchMorphConfig(widths=(8, 16, 16, 16), hidden_dim=16, motion_dim=16, context_dim=16)
+
+
+def inf_flow():
+    return torch.full((1, 2, 8, 8), float("inf"))
 
 
 def nan_image():
@@ -38,12 +43,18 @@ def nan_image():
         (lambda: warp(torch.rand(8, 8), torch.zeros(1, 2, 8, 8)), "image must have shape"),
         (lambda: warp(torch.rand(1, 1, 8, 8), torch.zeros(1, 3, 8, 8)), "must have 2 channels"),
         (lambda: warp(torch.rand(1, 1, 8, 8), torch.zeros(1, 2, 8, 9)), "spatial shapes differ"),
-        (lambda: warp(nan_image(), torch.zeros(1, 2, 8, 8)), "NaN or inf"),
-        (lambda: warp(torch.rand(1, 1, 8, 8), torch.full((1, 2, 8, 8), float("inf"))), "flow contains NaN"),
+        # values are checked at the edges (a model's entry, refinement, register), not in warp or the losses
+        (lambda: refine_flow(nan_image(), torch.rand(1, 1, 8, 8), torch.zeros(1, 2, 8, 8), 1), "NaN or inf"),
+        (
+            lambda: refine_flow(
+                torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), torch.full((1, 2, 8, 8), float("inf")), 1
+            ),
+            "flow contains NaN",
+        ),
         (lambda: warp(torch.rand(1, 1, 8, 8), torch.zeros(1, 2, 8, 8), mode="cubic"), "mode must be"),
         (lambda: upsample_flow(torch.zeros(1, 3, 4, 4)), "must have 2 channels"),
         (lambda: mse_loss(torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 5)), "shapes differ"),
-        (lambda: lncc_loss(nan_image(), torch.rand(1, 1, 8, 8)), "NaN or inf"),
+        (lambda: refine_flow(torch.rand(1, 1, 8, 8), nan_image(), torch.zeros(1, 2, 8, 8), 1), "NaN or inf"),
         (lambda: lncc_loss(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), window=4), "odd"),
         (lambda: dice(torch.zeros(1, 4, 4), torch.zeros(1, 4, 5)), "differ in shape"),
         (lambda: dice(torch.full((1, 4, 4), 0.5), torch.zeros(1, 4, 4)), "integer labels"),
@@ -65,6 +76,11 @@ def nan_image():
 def test_bad_arrays_raise_value_error_naming_the_problem(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_inner_functions_check_shapes_but_leave_values_to_the_edges():
+    out = warp(nan_image(), torch.zeros(1, 2, 8, 8))  # no isfinite scan: on a GPU it would wait on every call
+    assert torch.isnan(out).any() and torch.isnan(lncc_loss(nan_image(), torch.rand(1, 1, 8, 8)))
 
 
 @pytest.mark.parametrize("model_cls", [lambda: SearchMorph(SMALL), VoxelMorph])

@@ -76,10 +76,10 @@ def test_a_field_added_to_train_config_since_a_checkpoint_resumes_at_its_default
     train(TrainConfig(**TINY), tmp_path, device="cpu", progress=False)
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     del ckpt["metadata"]["train_config"]["fold_weight"]  # as written before the field existed
-    from searchmorph_lite.train import _check_resume
+    from searchmorph_lite.resume import check_resume
 
-    assert _check_resume(ckpt, TrainConfig(**{**TINY, "epochs": 2}), tmp_path, False) == {}
-    changed = _check_resume(ckpt, TrainConfig(**{**TINY, "epochs": 2, "fold_weight": 1.0}), tmp_path, True)
+    assert check_resume(ckpt, TrainConfig(**{**TINY, "epochs": 2}), tmp_path, False) == {}
+    changed = check_resume(ckpt, TrainConfig(**{**TINY, "epochs": 2, "fold_weight": 1.0}), tmp_path, True)
     assert changed == {"fold_weight": (0.0, 1.0)}
 
 

@@ -7,7 +7,7 @@ from searchmorph_lite.references import warp_naive
 
 def test_zero_flow_returns_input_exactly():
     img = torch.rand(2, 3, 11, 9)
-    assert torch.equal(warp(img, torch.zeros(2, 2, 11, 9)), img)
+    assert torch.equal(warp(img, torch.zeros(2, 2, 11, 9), exact=True), img)
 
 
 @pytest.mark.parametrize("shift", [(0, 3), (2, 0), (-1, 2)])
