@@ -24,7 +24,7 @@ from torch import nn
 from ._checks import check_device, one_line
 from ._files import atomic_write, path_problem
 from .refine import MAX_REFINE_STEPS
-from .registry import MODELS, build_model
+from .registry import MODELS, build_model, check_model_config  # noqa: F401 (its import path before registry.py)
 
 FORMAT = "searchmorph_lite.checkpoint/2"
 # Format 1 (searchmorph_lite 0.1) stored SearchMorph's trunk twice, under both encoders, and kept the hidden-state

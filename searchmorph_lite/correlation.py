@@ -5,7 +5,10 @@ Two ways to compute the search map, equal to float precision:
 * the paper's (``cost_volume`` -> ``correlation_pyramid`` -> ``search_pyramid``): builds the all-pairs
   (B, H, W, H, W) volume, clear but O((HW)^2) in memory;
 * ``search_features``: never builds it. Average pooling over the fixed axes and bilinear sampling are linear,
-  so each pyramid value is <f_moving(p), bilinear sample of avg-pooled f_fixed>: O(HW * K * D) memory.
+  so each pyramid value is <query(p), bilinear sample of avg-pooled target>: O(HW * K * D) memory.
+
+The query features live on the field's grid (the fixed image's), the target features are searched (the moving
+image's): the same names in every function and lookup here.
 """
 
 from __future__ import annotations
@@ -22,20 +25,23 @@ from .sampling import _sample_around, identity_grid, sample_points
 from .transform import warp
 
 
-def cost_volume(f_moving: torch.Tensor, f_fixed: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-    """All-pairs correlation (B, *S, *S) of two feature maps (B, D, *S): C_ijkl = sum_d h(M)_ijd h(F)_kld (eq. 1).
+def cost_volume(query: torch.Tensor, target: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    """All-pairs correlation (B, *S, *S) of two feature maps (B, D, *S): C[p, q] = <query(p), target(q)> (eq. 1).
 
-    ``normalize=True`` divides by sqrt(D), as RAFT does, so that values do not grow with the feature width.
-    The paper does not scale; we expose the choice and SearchMorph's config decides.
+    ``query`` holds the features on the field's grid (the fixed image's, h(F)) and ``target`` those searched (the
+    moving image's, h(M)), as the lookups name them; the paper writes eq. 1 with h(M) first (see
+    :class:`~searchmorph_lite.model.SearchMorph`). ``normalize=True`` divides by sqrt(D), as RAFT does, so that
+    values do not grow with the feature width. The paper does not scale; we expose the choice and SearchMorph's
+    config decides.
     """
-    check_image(f_moving, "f_moving")
-    check_image(f_fixed, "f_fixed")
-    check_same_spatial(f_moving, f_fixed, "f_moving", "f_fixed")
-    if f_moving.shape[1] != f_fixed.shape[1]:
-        raise ValueError(f"channel counts differ: {f_moving.shape[1]} vs {f_fixed.shape[1]}")
-    b, d = f_moving.shape[:2]
-    spatial = f_moving.shape[2:]
-    vol = torch.einsum("bdm,bdn->bmn", f_moving.flatten(2), f_fixed.flatten(2))
+    check_image(query, "query")
+    check_image(target, "target")
+    check_same_spatial(query, target, "query", "target")
+    if query.shape[1] != target.shape[1]:
+        raise ValueError(f"channel counts differ: {query.shape[1]} vs {target.shape[1]}")
+    b, d = query.shape[:2]
+    spatial = query.shape[2:]
+    vol = torch.einsum("bdm,bdn->bmn", query.flatten(2), target.flatten(2))
     if normalize:
         vol.div_(math.sqrt(d))  # in place: never two full (HW)^2 volumes at once (einsum keeps no output)
     return vol.reshape(b, *spatial, *spatial)
@@ -136,8 +142,8 @@ def search_pyramid(pyramid: list[torch.Tensor], flow: torch.Tensor, radius: int)
 
 
 def search_features(
-    f_moving: torch.Tensor,
-    f_fixed: torch.Tensor,
+    query: torch.Tensor,
+    target: torch.Tensor,
     flow: torch.Tensor,
     radius: int,
     levels: int = 4,
@@ -145,20 +151,20 @@ def search_features(
 ) -> torch.Tensor:
     """Search map (B, levels*K, *S) equal to ``search_pyramid(correlation_pyramid(cost_volume(...)))``.
 
-    Never builds the all-pairs volume: level l's value at (p, q) is <f_moving(p), avgpool_{2^l}(f_fixed)(q)>,
-    and bilinear sampling at q commutes with the inner product, so we sample the pooled fixed features.
+    Never builds the all-pairs volume: level l's value at (p, q) is <query(p), avgpool_{2^l}(target)(q)>,
+    and bilinear sampling at q commutes with the inner product, so we sample the pooled target features.
     """
-    check_image(f_moving, "f_moving")
-    check_image(f_fixed, "f_fixed")
-    check_same_spatial(f_moving, f_fixed, "f_moving", "f_fixed")
+    check_image(query, "query")
+    check_image(target, "target")
+    check_same_spatial(query, target, "query", "target")
     check_flow(flow)
-    check_same_spatial(f_moving, flow, "f_moving", "flow")
+    check_same_spatial(query, flow, "query", "flow")
     if levels < 1:
         raise ValueError(f"levels must be >= 1, got {levels}")
-    if min(f_fixed.shape[2:]) < 2 ** (levels - 1):
+    if min(target.shape[2:]) < 2 ** (levels - 1):
         raise ValueError(f"{levels} levels need feature maps of at least {2 ** (levels - 1)} pixels per axis")
-    scale = 1 / math.sqrt(f_moving.shape[1]) if normalize else 1.0
-    return _search_pooled(f_moving, pool_levels(f_fixed, levels), flow, radius, scale)
+    scale = 1 / math.sqrt(query.shape[1]) if normalize else 1.0
+    return _search_pooled(query, pool_levels(target, levels), flow, radius, scale)
 
 
 def pool_levels(features: torch.Tensor, levels: int) -> list[torch.Tensor]:
