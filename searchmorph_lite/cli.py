@@ -27,12 +27,13 @@ from ._files import atomic_write_json, atomic_write_many, check_output_paths, js
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
-def _checkpoint_spec(spec: str) -> tuple[str, Path | None]:
+def _checkpoint_spec(spec: str, note: bool = True) -> tuple[str, Path | None]:
     """("pretrained", None) when ``spec`` is a bare pretrained name, else ("file", the checkpoint file).
 
     A bare pretrained name ("brain2d") always means the shipped model, whatever the working folder holds, so
     the same command gives the same model everywhere; a local file or folder of that name is reached as
-    ``./brain2d`` (a note says so when one exists). A training run folder means its ``checkpoint.pt``.
+    ``./brain2d`` (a note says so when one exists, unless ``note`` is False: a command says it once, where it
+    loads the model). A training run folder means its ``checkpoint.pt``.
     """
     from .checkpoint import checkpoint_file
     from .pretrained import PRETRAINED
@@ -40,7 +41,7 @@ def _checkpoint_spec(spec: str) -> tuple[str, Path | None]:
     if not spec.strip():
         raise ValueError("--checkpoint is empty; give a checkpoint file, a run folder or a pretrained name")
     if spec in PRETRAINED:
-        if Path(spec).exists():
+        if note and Path(spec).exists():
             print(
                 f"note: --checkpoint {spec} is the pretrained model; write ./{spec} for the local one", file=sys.stderr
             )
@@ -64,7 +65,7 @@ def _load_model(spec: str, device: str | None):
 def _input_file(spec: str) -> Path | None:
     """The checkpoint file ``--checkpoint`` names, when it is a local one (for the output collision check)."""
     try:
-        return _checkpoint_spec(spec)[1]
+        return _checkpoint_spec(spec, note=False)[1]
     except (FileNotFoundError, ValueError):
         return None
 

@@ -61,7 +61,8 @@ def cli(*argv: str, ok: bool = False, line: int = -1, stream: str = "stdout") ->
     """The one line ``python -m searchmorph_lite *argv`` prints on stderr; with ``ok``, line ``line`` of its
     ``stream`` ("stdout" or "stderr").
 
-    Asserts the exit code (non-zero and not 1, the code of a bug, unless ``ok``), one stderr line, no traceback.
+    Asserts the exit code (non-zero and not 1, the code of a bug, unless ``ok``), one stderr line, no traceback;
+    with ``ok``, that no stderr line repeats (a note printed three times must not pass because one line is kept).
     """
     from searchmorph_lite.cli import main
 
@@ -75,6 +76,8 @@ def cli(*argv: str, ok: bool = False, line: int = -1, stream: str = "stdout") ->
     assert "Traceback" not in text, text
     if ok:
         assert code == 0, text
+        notes = [x for x in text.splitlines() if x.strip()]
+        assert len(notes) == len(set(notes)), f"a line repeats on stderr:\n{text}"
         return (out if stream == "stdout" else err).getvalue().strip().splitlines()[line]
     lines = [x for x in text.splitlines() if x.strip()]
     assert code not in (0, 1) and len(lines) == 1, (code, text)

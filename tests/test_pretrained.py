@@ -20,6 +20,12 @@ def test_missing_file_says_how_to_get_it(monkeypatch, tmp_path):
         load_pretrained("brain2d")
 
 
+def test_every_pretrained_model_is_shipped():
+    # the skips below are for checkouts without the model files; this one check fails when a file goes missing,
+    # so a missing model is a failure once rather than a skip everywhere
+    assert available_pretrained() == list(PRETRAINED)
+
+
 @pytest.mark.parametrize("name", sorted(PRETRAINED))
 def test_shipped_model_loads_in_eval_mode_and_registers(name):
     if not pretrained_path(name).is_file():
