@@ -164,15 +164,8 @@ def ship(
         if refine_lr is not None:
             model.metadata["refine_lr"] = meta["refine_lr"] = float(refine_lr)
         if choice is not None:
-            model.metadata["refine_levels"] = meta["refine_levels"] = int(choice["levels"])
-            meta["refine_choice"] = {
-                "sets": table["sets"],
-                "network_dice": table["network"]["dice"],
-                "dice": choice["dice"],
-                "folding": choice["folding"],
-                "settings_tried": len(table["settings"]),
-                "command": table["command"],
-            }
+            meta.update(refinement_metadata(table))
+            model.metadata["refine_levels"] = meta["refine_levels"]
         meta["refine_steps"] = int(refine_steps)
         meta.update(refined_test_metrics(model, meta["dataset"], meta["dataset_options"], refine_steps))
     frame = dataset_frame(meta["dataset"], meta["dataset_options"])
@@ -185,6 +178,44 @@ def ship(
     sm.save_checkpoint(out, model, metadata=meta)
     sm.load_pretrained(name, device="cpu")  # the shipped file must load with weights_only=True
     return out
+
+
+def refinement_metadata(table: dict) -> dict:
+    """Metadata entries of a choose_refinement.py table: refine_lr, refine_levels, refine_steps, refine_choice."""
+    choice = table["choice"]
+    return {
+        "refine_lr": float(choice["lr"]),
+        "refine_levels": int(choice["levels"]),
+        "refine_steps": int(choice["steps"]),
+        "refine_choice": {
+            "sets": table["sets"],
+            "network_dice": table["network"]["dice"],
+            "dice": choice["dice"],
+            "folding": choice["folding"],
+            "settings_tried": len(table["settings"]),
+            "command": table["command"],
+        },
+    }
+
+
+def update_refinement(name: str, refinement: Path) -> Path:
+    """Re-save the shipped model ``name`` (weights unchanged) with the refinement a choose_refinement.py table chose,
+    its refined test metrics and the model's frame: for a model whose training run folder is not kept."""
+    path = pretrained_path(name)
+    ckpt = sm.read_checkpoint(path)
+    model = sm.build_model(ckpt["model"], ckpt["config"])
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    meta = dict(ckpt["metadata"])
+    meta.update(refinement_metadata(json.loads(Path(refinement).read_text())))
+    model.metadata = {k: meta[k] for k in ("train_config", "refine_lr", "refine_levels")}
+    meta.update(refined_test_metrics(model, meta["dataset"], meta["dataset_options"], meta["refine_steps"]))
+    frame = dataset_frame(meta["dataset"], meta["dataset_options"])
+    if frame is not None:
+        meta["frame"] = frame
+    sm.save_checkpoint(path, model, metadata=meta)
+    sm.load_pretrained(name, device="cpu")
+    return path
 
 
 def _sets(sets: dict) -> str:
@@ -318,9 +349,18 @@ def main() -> None:
         "--refinement", type=Path, help="a training/choose_refinement.py table: lr, levels and steps from its choice"
     )
     parser.add_argument("--note", default="", help="a sentence for the model card (how the model is used)")
+    parser.add_argument(
+        "--refinement-only",
+        action="store_true",
+        help="with --name and --refinement: re-save the shipped model with that refinement (no run folder needed)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if not args.card_only:
+    if args.refinement_only:
+        if not (args.name and args.refinement):
+            parser.error("--refinement-only needs --name and --refinement")
+        print("wrote", update_refinement(args.name, args.refinement))
+    elif not args.card_only:
         if not (args.run and args.name and args.hardware):
             parser.error("--run, --name and --hardware are required unless --card-only")
         base = f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
