@@ -57,6 +57,11 @@ def forward_kwargs(model: RegistrationModel, iterations: int | None = None) -> d
     """Keyword arguments for ``model(moving, fixed, **kw)`` at inference: the checked ``iterations`` and
     ``keep_flows=False``, so memory does not grow with the iteration count."""
     kwargs = {} if iterations is None else {"iterations": check_iterations(iterations)}
+    if kwargs and getattr(getattr(model, "config", None), "iterations", None) is None:
+        raise ValueError(
+            f"iterations (--iterations) is {iterations}, but a {type(model).__name__} has no iterations: it predicts "
+            f"its field in one pass; leave the option out"
+        )
     return {**kwargs, "keep_flows": False}  # part of RegistrationModel's contract
 
 

@@ -813,6 +813,9 @@ CASES = [
     Case(9, "--moving-labels on another grid than --moving", lambda t: cli(*_labels_elsewhere(t)),
          "error: --moving-labels {tmp}/l0.nii.gz does not lie on the moving image's grid ((32, 32) vs (64, 64) "
          "voxels, or other affines): a label map must be the moving image's own"),
+    Case(9, "--iterations with a VoxelMorph checkpoint", lambda t: _voxelmorph_iterations(t),
+         "error: iterations (--iterations) is 3, but a VoxelMorph has no iterations: it predicts its field in one "
+         "pass; leave the option out"),
     Case(9, "--stage deform without --checkpoint", lambda t: cli(*register_args(t, **{"--checkpoint": None}),
                                                                  "--stage", "deform"),
          "error: --stage deform needs --checkpoint (a model); --stage affine runs without one"),
@@ -876,6 +879,13 @@ def _register(moving, model: object = "small"):
 
     model = _small_model() if model == "small" else model
     return register(moving, np.ones((32, 32)), model)
+
+
+def _voxelmorph_iterations(t: Path) -> str:
+    from searchmorph_lite import VoxelMorph, save_checkpoint
+
+    save_checkpoint(t / "vm.pt", VoxelMorph())
+    return cli(*register_args(t, **{"--checkpoint": str(t / "vm.pt")}), "--iterations", "3", "--stage", "deform")
 
 
 def _far_case(t: Path) -> list[str]:
