@@ -291,16 +291,7 @@ def box(lo: np.ndarray, hi: np.ndarray, mm: float) -> tuple[tuple, np.ndarray]:
     return shape, affine
 
 
-def rotation(degrees) -> np.ndarray:
-    """3 x 3 rotation about the x, y and z axes in turn."""
-    out = np.eye(3)
-    for axis, deg in enumerate(degrees):
-        i, j = [k for k in range(3) if k != axis]
-        r, a = np.eye(3), math.radians(deg)
-        r[i, i] = r[j, j] = math.cos(a)
-        r[i, j], r[j, i] = -math.sin(a), math.sin(a)
-        out = out @ r
-    return out
+rotation = sm.affine.rotation_matrix  # 3 x 3, about the x, y and z axes in turn
 
 
 template, template_labels = mni152_1mm()

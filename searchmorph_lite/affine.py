@@ -29,6 +29,18 @@ import torch.nn.functional as F
 from ._nd import nd
 
 
+def rotation_matrix(degrees) -> np.ndarray:
+    """3 x 3 rotation (float64): about the first, second and third world axes in turn, by ``degrees`` (3,)."""
+    out = np.eye(3)
+    for axis, deg in enumerate(degrees):
+        i, j = [k for k in range(3) if k != axis]
+        r, a = np.eye(3), math.radians(deg)
+        r[i, i] = r[j, j] = math.cos(a)
+        r[i, j], r[j, i] = -math.sin(a), math.sin(a)
+        out = out @ r
+    return out
+
+
 def world_grid(shape: tuple[int, ...], affine: torch.Tensor) -> torch.Tensor:
     """World coordinates (ndim, *shape) of the voxel centres of a grid with ``affine`` ((ndim+1, ndim+1), index ->
     world, indices in array order)."""

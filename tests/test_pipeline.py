@@ -1,8 +1,6 @@
 """The physical-space pipeline (issue 21): frames, the affine stage, one composed transform, labels, headers, the
 ANTs round trip, orientation invariance, and geometry refused before any work."""
 
-import math
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -10,6 +8,7 @@ import torch
 
 import searchmorph_lite as sm
 from searchmorph_lite.affine import affine_register, sample_world, world_grid
+from searchmorph_lite.affine import rotation_matrix as rotation
 from searchmorph_lite.cli import main
 from searchmorph_lite.data.brain3d import template_volumes
 from searchmorph_lite.pipeline import as_image, frame_of, model_grid, register_images, robust_unit
@@ -17,18 +16,6 @@ from searchmorph_lite.pipeline import as_image, frame_of, model_grid, register_i
 FRAME_3D = {"axcodes": ["I", "P", "R"], "voxel_mm": [8.0, 8.0, 8.0], "shape": [32, 32, 32]}
 TINY_3D = sm.SearchMorphConfig(ndim=3, widths=(4, 8, 8, 8), hidden_dim=8, motion_dim=8, context_dim=8, radius=1,
                                iterations=2)  # fmt: skip
-
-
-def rotation(degrees) -> np.ndarray:
-    """3 x 3 rotation about the three axes in turn."""
-    out = np.eye(3)
-    for axis, deg in enumerate(degrees):
-        i, j = [k for k in range(3) if k != axis]
-        r, a = np.eye(3), math.radians(deg)
-        r[i, i] = r[j, j] = math.cos(a)
-        r[i, j], r[j, i] = -math.sin(a), math.sin(a)
-        out = out @ r
-    return out
 
 
 @pytest.fixture(scope="module")
