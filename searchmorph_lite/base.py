@@ -46,7 +46,11 @@ class RegistrationModel(nn.Module):
         check_same_spatial(moving, fixed, "moving", "fixed")
         for name, x in (("moving", moving), ("fixed", fixed)):
             if x.shape[1] != self.in_channels:
-                raise ValueError(f"{name} must have {self.in_channels} channel(s), got {x.shape[1]}")
+                raise ValueError(
+                    f"this {type(self).__name__} takes images of {self.in_channels} channel(s) (its config's "
+                    f"in_channels), but {name} has {x.shape[1]}: register such images with a model built or trained "
+                    f"for them"
+                )
         if any(n % self.size_multiple for n in moving.shape[2:]):
             raise ValueError(
                 f"image size {tuple(moving.shape[2:])} must be divisible by {self.size_multiple}; "

@@ -784,6 +784,10 @@ CASES = [
         "evaluate", "--checkpoint", t / "ck3.pt", "--dataset", "brain2d", "--max-pairs", "1", "--device", "cpu"),
          "error: the model is a 3D SearchMorph (config ndim=3) but the dataset's images are 2D; evaluate it on a 3D "
          "dataset"),
+    Case(8, "a model built for 2-channel images given 1-channel images (the model does not fit)",
+         lambda t: _two_channel_model(),
+         "ValueError: this SearchMorph takes images of 2 channel(s) (its config's in_channels), but moving has 1: "
+         "register such images with a model built or trained for them"),
     Case(8, "register() with a model whose weights are NaN", _nan_model,
          "ValueError: the model's weight 'encoder.trunk.down.0.0.weight' holds NaN or inf values: the model is "
          "broken"),
@@ -886,6 +890,15 @@ def _voxelmorph_iterations(t: Path) -> str:
 
     save_checkpoint(t / "vm.pt", VoxelMorph())
     return cli(*register_args(t, **{"--checkpoint": str(t / "vm.pt")}), "--iterations", "3", "--stage", "deform")
+
+
+def _two_channel_model() -> str:
+    import torch
+
+    from searchmorph_lite import SearchMorph, SearchMorphConfig
+
+    model = SearchMorph(SearchMorphConfig(in_channels=2, widths=(4, 8, 8, 8)))
+    return raises(lambda: model(torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)))
 
 
 def _far_case(t: Path) -> list[str]:
