@@ -14,27 +14,19 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 import searchmorph_lite as sm
-from searchmorph_lite.book import synchronize
+from searchmorph_lite.book import synced_times
 from searchmorph_lite.train import TrainConfig, registration_loss_all
 
 
 def timed(fn, device: torch.device, runs: int) -> float:
     """Median seconds of fn() over ``runs`` calls after one warm-up, synchronised."""
     fn()
-    times = []
-    for _ in range(runs):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(synced_times(fn, device, runs))
 
 
 def model_timings(kind: str, device: torch.device, size: tuple[int, int], batch: int, runs: int) -> dict:

@@ -258,9 +258,9 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def best_time(fn, device, repeats: int = 3) -> float:
-    """Best wall-clock seconds (a float) of ``repeats`` calls of ``fn()``, the device synchronised before and after
-    each call: on a GPU an unsynchronised clock stops when the kernels are queued, not when they finish."""
+def synced_times(fn, device, repeats: int = 3) -> list[float]:
+    """Wall-clock seconds of each of ``repeats`` calls of ``fn()``, the device synchronised before and after each
+    call: on a GPU an unsynchronised clock stops when the kernels are queued, not when they finish."""
     import time
 
     times = []
@@ -270,4 +270,9 @@ def best_time(fn, device, repeats: int = 3) -> float:
         fn()
         synchronize(device)
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
+
+
+def best_time(fn, device, repeats: int = 3) -> float:
+    """Best wall-clock seconds (a float) of ``repeats`` synchronised calls of ``fn()`` (:func:`synced_times`)."""
+    return min(synced_times(fn, device, repeats))
