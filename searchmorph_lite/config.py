@@ -55,6 +55,10 @@ class TrainConfig:
     # [lo, hi]: each training step runs a number of iterations drawn from lo..hi (SearchMorph only; [] = the
     # model's own). Training beyond the inference count teaches the iterator to settle, as RAFT's does.
     train_iterations: list = field(default_factory=list)
+    # Clip the gradients' global L2 norm to this before each Adam step (0: no clipping). Beyond the paper; RAFT
+    # clips at 1.0. Without it SearchMorph-3D at batch 2 saturated its GRU in its first epochs and never recovered:
+    # every iteration then added the same update, whatever the search map said (training/BRAIN3D_STATUS.md).
+    grad_clip: float = 0.0
 
     def __post_init__(self) -> None:
         set_checked_fields(self, "TrainConfig.")  # a YAML value such as epochs: "3" must not reach the loop
@@ -67,6 +71,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if self.alpha < 0:
             raise ValueError(f"TrainConfig.alpha must be >= 0, got {self.alpha}")
+        if self.grad_clip < 0:
+            raise ValueError(f"TrainConfig.grad_clip must be >= 0 (0: no clipping), got {self.grad_clip}")
         if self.fold_weight < 0:
             raise ValueError(f"TrainConfig.fold_weight must be >= 0 (0: no folding barrier), got {self.fold_weight}")
         if not 0 <= self.iteration_weight <= 1:

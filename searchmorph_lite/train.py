@@ -304,6 +304,8 @@ def train_epoch(
         loss = registration_loss_all(result, batch["moving"], batch["fixed"], cfg)
         run.optimizer.zero_grad()
         loss.backward()
+        if cfg.grad_clip:  # after backward, so under DDP every rank clips the same averaged gradients
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
         run.optimizer.step()
         pending.append((loss.detach(), largest_weight(run.model)))
         out.pairs += batch["moving"].shape[0] * info.world_size  # every rank: same-sized shards

@@ -142,3 +142,32 @@ def test_cli_unknown_dataset_is_one_readable_line(tmp_path, capsys):
     code = main(["evaluate", "--checkpoint", str(tmp_path / "ck.pt"), "--dataset", "mnist"])
     err = capsys.readouterr().err
     assert code == 2 and "known datasets" in err
+
+
+def test_grad_clip_bounds_the_gradient_that_adam_sees(tmp_path, monkeypatch):
+    # Adam divides by sqrt(v) + 1e-8: gradients clipped to a norm of 1e-12 move no weight by more than about
+    # lr * 1e-4, while the unclipped step moves some weight by about lr (1e-3)
+    import searchmorph_lite.train as train_module
+
+    built = []
+
+    def recording_build(kind, config=None):
+        model = build_model(kind, config)
+        built.append({k: v.detach().clone() for k, v in model.named_parameters()})  # weights, not buffers
+        return model
+
+    from searchmorph_lite.registry import build_model
+
+    monkeypatch.setattr(train_module, "build_model", recording_build)
+    moved = {}
+    for clip in (0.0, 1e-12):
+        out = tmp_path / str(clip)
+        train(TrainConfig(**{**TINY, "val_pairs": 0, "grad_clip": clip}), out, device="cpu", progress=False)
+        after, before = read_checkpoint(out / "checkpoint.pt")["state_dict"], built[-1]
+        moved[clip] = max(float((after[k] - before[k]).abs().max()) for k in before)
+    assert moved[0.0] > 5e-4 and moved[1e-12] < 1e-5
+
+
+def test_grad_clip_must_not_be_negative():
+    with pytest.raises(ValueError, match="grad_clip"):
+        TrainConfig(**{**TINY, "grad_clip": -1.0})
