@@ -5,7 +5,8 @@
 #   2. chapters 10-12 at the short GPU scale of configs/book_gpu.yaml (section "short": training on the GPU for a
 #      few minutes), with papermill (.ci/run_notebook.py), into OUT/; skipped without a CUDA device.
 #   3. training-step and forward timings of SearchMorph and VoxelMorph, CUDA synchronised (.ci/gpu_timings.py):
-#      192 x 160, batch 8 on a GPU; a small size on a CPU (CI runs this script on its CPU: parts 1 and 3).
+#      192 x 160, batch 8 on a GPU, the training step also with mixed precision (TrainConfig.amp bf16 and fp16);
+#      a small size in float32 on a CPU (CI runs this script on its CPU: parts 1 and 3).
 # Usage: bash .ci/gpu_check.sh [OUT]   (default _build/gpu_check; the report is OUT/report.json)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +44,7 @@ for name in 10_training 11_brain_evaluation 12_echocardiography; do
 done
 
 # 3. timings
-if [ "$cuda" = 1 ]; then sizes=(--device cuda --size 192 160 --batch 8 --steps 5)
+if [ "$cuda" = 1 ]; then sizes=(--device cuda --size 192 160 --batch 8 --steps 5 --amp bf16 fp16)
 else sizes=(--device cpu --size 64 48 --batch 2 --steps 2); fi
 python .ci/gpu_timings.py "${sizes[@]}" --out "$OUT/timings.json" > "$OUT/timings.log" 2>&1 || { status=1; tail -n 20 "$OUT/timings.log"; }
 

@@ -1,9 +1,11 @@
 """Training and inference timings of SearchMorph and VoxelMorph on one device, CUDA synchronised, as JSON.
 
-Usage: python .ci/gpu_timings.py --device cuda [--size 192 160] [--batch 8] [--steps 5] [--out timings.json]
+Usage: python .ci/gpu_timings.py --device cuda [--size 192 160] [--batch 8] [--steps 5] [--amp bf16 fp16]
+                                 [--out timings.json]
 
 Per model: seconds per training step (forward, eq. 9 over the iterations, backward, Adam) at batch ``--batch``,
-and seconds per forward pass of one pair, each the median of ``--steps`` runs after one warm-up, with the device
+also with mixed precision for each ``--amp`` mode (bf16, fp16: TrainConfig.amp, CUDA only), and seconds per
+forward pass of one pair, each the median of ``--steps`` runs after one warm-up, with the device
 synchronised around every run (a GPU queues kernels asynchronously: an unsynchronised clock stops too early).
 Random images: the cost does not depend on the content. On a CPU it runs too, at the size given (CI runs it small).
 """
@@ -11,6 +13,7 @@ Random images: the cost does not depend on the content. On a CPU it runs too, at
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -18,9 +21,8 @@ from pathlib import Path
 
 import torch
 
-import searchmorph_lite as sm
 from searchmorph_lite.book import synced_times
-from searchmorph_lite.train import TrainConfig, registration_loss_all
+from searchmorph_lite.train import AMP_DTYPES, TrainConfig, check_amp, restore_run, training_step
 
 
 def timed(fn, device: torch.device, runs: int) -> float:
@@ -29,29 +31,35 @@ def timed(fn, device: torch.device, runs: int) -> float:
     return statistics.median(synced_times(fn, device, runs))
 
 
-def model_timings(kind: str, device: torch.device, size: tuple[int, int], batch: int, runs: int) -> dict:
-    """{"train_step_s", "forward_pair_s", "peak_memory_mib" (CUDA only)} of one model."""
+def model_timings(
+    kind: str, device: torch.device, size: tuple[int, int], batch: int, runs: int, amps: list[str]
+) -> dict:
+    """{"train_step_s", "forward_pair_s", "peak_memory_mib" (CUDA only: of the training steps), and per
+    mixed-precision mode in ``amps`` "train_step_<amp>_s" and "peak_memory_<amp>_mib"} of one model at its default
+    config.
+
+    Each training step is the library's own (``train.training_step``: forward under TrainConfig.amp's autocast,
+    eq. 9 over the iterations in float32, backward, Adam), on a fresh model and Adam per mode.
+    """
     torch.manual_seed(0)
-    model = (sm.SearchMorph() if kind == "SearchMorph" else sm.VoxelMorph()).to(device)
-    cfg = TrainConfig(model=kind)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     moving, fixed = torch.rand(2, batch, 1, *size, device=device)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        loss = registration_loss_all(model(moving, fixed), moving, fixed, cfg)
-        loss.backward()
-        opt.step()
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    model.train()
-    out = {"train_step_s": timed(step, device, runs)}
-    model.eval()
-    with torch.no_grad():
-        out["forward_pair_s"] = timed(lambda: model(moving[:1], fixed[:1]), device, runs)
-    if device.type == "cuda":
-        out["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    out: dict = {}
+    for amp in ("off", *amps):
+        cfg = TrainConfig(model=kind, amp=amp)
+        torch.manual_seed(0)
+        run = restore_run(cfg, None, None, {}, device, 1)
+        run.model.train()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        suffix = "" if amp == "off" else f"_{amp}"
+        step = functools.partial(training_step, run.model, run, moving, fixed, cfg)
+        out[f"train_step{suffix}_s"] = timed(step, device, runs)
+        if device.type == "cuda":
+            out[f"peak_memory{suffix}_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        if amp == "off":
+            run.model.eval()
+            with torch.no_grad():
+                out["forward_pair_s"] = timed(functools.partial(run.model, moving[:1], fixed[:1]), device, runs)
     return out
 
 
@@ -62,8 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--amp", nargs="*", default=[], choices=sorted(AMP_DTYPES), help="also time training steps in these modes"
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    for amp in args.amp:
+        try:
+            check_amp(amp, device)  # CUDA only: one line, before any timing
+        except ValueError as err:
+            parser.error(str(err))
     report = {
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -73,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         "batch": args.batch,
         "runs": args.steps,
         "synchronised": device.type == "cuda",
+        "amp": args.amp,
         "models": {
-            k: model_timings(k, device, tuple(args.size), args.batch, args.steps) for k in ("SearchMorph", "VoxelMorph")
+            k: model_timings(k, device, tuple(args.size), args.batch, args.steps, args.amp)
+            for k in ("SearchMorph", "VoxelMorph")
         },
     }
     text = json.dumps(report, indent=2)

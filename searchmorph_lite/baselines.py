@@ -11,6 +11,7 @@ from torch import nn
 
 from ._checks import set_checked_fields
 from ._nd import nd
+from ._precision import at_least_float32, full_precision
 from .base import RegistrationModel, RegistrationResult
 from .transform import warp
 
@@ -93,7 +94,9 @@ class VoxelMorph(RegistrationModel):
             skips.append(x)
         for i, block in enumerate(self.decoder):
             x = block(torch.cat([self.upsample(x), skips[-2 - i]], dim=1))
-        flow = self.flow_layer(self.extra(x))
+        x = self.extra(x)
+        with full_precision(x):  # the field in float32 under mixed precision (TrainConfig.amp; _precision.py)
+            flow = self.flow_layer(at_least_float32(x))
         return RegistrationResult(flow=flow, warped=warp(moving, flow), flows=[flow])
 
 

@@ -163,7 +163,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         check_positive(args.max_steps, "--max-steps")
     if args.epochs is not None:
         check_positive(args.epochs, "--epochs")
-    cfg = TrainConfig.from_file(args.config, epochs=args.epochs)
+    cfg = TrainConfig.from_file(args.config, epochs=args.epochs, amp=args.amp)
     check_run_folder(args.out, args.resume)
     history = train(
         cfg,
@@ -230,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="override the config's epochs")
     p.add_argument("--max-steps", type=int, help="at most this many batches per epoch (smoke runs)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when present)")
+    p.add_argument("--amp", choices=["off", "bf16", "fp16"], help="override the config's mixed precision (CUDA only)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", help="Dice and folding of a checkpoint on a dataset split")
     p.add_argument("--checkpoint", required=True, help="checkpoint file, run folder, or a pretrained name (brain2d)")

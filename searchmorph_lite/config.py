@@ -13,6 +13,7 @@ from .losses import similarity_loss
 from .registry import check_model_config
 
 MAX_SEED = 2**32 - 1
+AMP_MODES = ("off", "bf16", "fp16")  # TrainConfig.amp: float32, or autocast to bfloat16 / float16
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,14 @@ class TrainConfig:
     # clips at 1.0. Without it SearchMorph-3D at batch 2 saturated its GRU in its first epochs and never recovered:
     # every iteration then added the same update, whatever the search map said (training/BRAIN3D_STATUS.md).
     grad_clip: float = 0.0
+    # Mixed precision on CUDA, beyond the paper: "off", "bf16" (bfloat16) or "fp16" (float16, with a loss scaler,
+    # torch.amp.GradScaler, whose state the checkpoint keeps for resume). Under torch.autocast in reduced precision:
+    # the convolutions of the encoders, the motion encoder, the ConvGRU and the flow head (VoxelMorph: its U-Net).
+    # In float32 always (searchmorph_lite/_precision.py): the field and the sum of its updates, the correlation
+    # lookups and their search positions, every warp (grid_sample), VoxelMorph's output layer, the whole loss
+    # (local NCC's box sums and variances, eps 1e-5; the smoothness term; det J and the folding barrier), and the
+    # weights and Adam's update. A CPU (or MPS) run refuses it: autocast there is slower than float32 on most CPUs.
+    amp: str = "off"
 
     def __post_init__(self) -> None:
         set_checked_fields(self, "TrainConfig.")  # a YAML value such as epochs: "3" must not reach the loop
@@ -73,6 +82,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.alpha must be >= 0, got {self.alpha}")
         if self.grad_clip < 0:
             raise ValueError(f"TrainConfig.grad_clip must be >= 0 (0: no clipping), got {self.grad_clip}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"TrainConfig.amp must be one of {list(AMP_MODES)}, got {self.amp!r}")
         if self.fold_weight < 0:
             raise ValueError(f"TrainConfig.fold_weight must be >= 0 (0: no folding barrier), got {self.fold_weight}")
         if not 0 <= self.iteration_weight <= 1:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from ._checks import check_flow, check_image, check_same_spatial
 from ._nd import conv3d
+from ._precision import at_least_float32, full_precision
 from .base import RegistrationResult
 from .transform import warp
 
@@ -116,11 +117,14 @@ def registration_loss(
 
     The folding barrier (:func:`folding_barrier`) is beyond the paper; ``fold_weight`` 0 (the default) is eq. 9
     itself. Training (through :func:`sequence_loss`) and test-time refinement both minimise this one function.
+    It runs in float32 even under autocast (``TrainConfig.amp``): local NCC's box sums and det J need it.
     """
     check_same_spatial(warped, flow, "warped", "flow")
-    loss = similarity_loss(similarity)(warped, fixed) + alpha * grad_l2_loss(flow)
-    if fold_weight:
-        loss = loss + fold_weight * folding_barrier(flow)
+    with full_precision(flow):
+        warped, fixed, flow = at_least_float32(warped), at_least_float32(fixed), at_least_float32(flow)
+        loss = similarity_loss(similarity)(warped, fixed) + alpha * grad_l2_loss(flow)
+        if fold_weight:
+            loss = loss + fold_weight * folding_barrier(flow)
     return loss
 
 

@@ -9,6 +9,7 @@ from functools import partial
 import torch
 
 from ._checks import check_iterations, set_checked_fields
+from ._precision import at_least_float32, full_precision
 from .base import RegistrationModel, RegistrationResult
 from .correlation import LOOKUPS
 from .encoders import SharedEncoder
@@ -120,9 +121,12 @@ class SearchMorph(RegistrationModel):
         stride = self.config.feature_stride
         n_iter = check_iterations(self.config.iterations if iterations is None else iterations)
         h_m, h_f, context = self.encoder(moving, fixed)  # features and context at 1/stride resolution
-        lookup = self.lookup(h_f, h_m)  # correlation pyramid (eq. 1-2), searched around the field (eq. 3)
+        # Under mixed precision (TrainConfig.amp) the search and the field stay float32 (_precision.py); the
+        # encoders, the ConvGRU and the flow head run in reduced precision, and each update is added in float32.
+        with full_precision(moving):  # correlation pyramid (eq. 1-2), searched around the field (eq. 3)
+            lookup = self.lookup(at_least_float32(h_f), at_least_float32(h_m))
         hidden = self.iterator.initial_hidden(context, h_f)
-        flow = h_f.new_zeros(h_f.shape[0], self.ndim, *h_f.shape[2:])  # phi_0 = 0
+        flow = moving.new_zeros(h_f.shape[0], self.ndim, *h_f.shape[2:])  # phi_0 = 0, in the images' float type
         fields = []
         for _ in range(n_iter):
             where = flow.detach() if self.config.detach_search else flow

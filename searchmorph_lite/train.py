@@ -129,6 +129,7 @@ def train(
     rank = distributed.env_world()[0]  # a malformed torchrun environment fails before any work
     ckpt_path = check_run_folder(out_dir, resume)  # every rank checks (and reads) the same files
     device = check_device(device)
+    check_amp(cfg.amp, device)
     if resume and not ckpt_path.exists() and rank == 0:
         print(f"note: {ckpt_path} does not exist yet: --resume starts a new run there", file=sys.stderr)
     created = _missing_folders(ckpt_path.parent)
@@ -213,6 +214,7 @@ class RunState:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     history: dict
+    scaler: torch.amp.GradScaler  # fp16's loss scaler (TrainConfig.amp); disabled, a pass-through, otherwise
     start_epoch: int = 0
     config_changes: list = field(default_factory=list)
     first_loss: float | None = None  # the first epoch's loss, what an exploded loss is measured against
@@ -235,15 +237,19 @@ class EpochResult:
 def restore_run(
     cfg: TrainConfig, ckpt_path: Path, ckpt: dict | None, changes: dict[str, tuple], device: torch.device, world: int
 ) -> RunState:
-    """A fresh model and Adam for ``cfg`` on ``device``, or with ``ckpt``'s weights, optimizer state, epoch and
-    history (its keys filled in for checkpoints written before they existed) and ``changes`` recorded."""
+    """A fresh model, Adam and loss scaler for ``cfg`` on ``device``, or with ``ckpt``'s weights, optimizer and
+    scaler state, epoch and history (its keys filled in for checkpoints written before they existed) and
+    ``changes`` recorded."""
     model = build_model(cfg.model, cfg.model_config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     history: dict = {"epoch": [], "loss": [], "val_dice": [], "val_folding": [], "seconds": [], "cpu_seconds": []}
-    run = RunState(model, optimizer, history)
+    run = RunState(model, optimizer, history, scaler)
     if ckpt is not None:
         load_weights(model, ckpt["state_dict"], str(ckpt_path))
         optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler.is_enabled() and ckpt.get("scaler"):  # fp16 continues at its scale, not from 2^16 again
+            scaler.load_state_dict(ckpt["scaler"])
         for group in optimizer.param_groups:  # the lr that runs is the config's (unchanged unless allowed)
             group["lr"] = cfg.lr
         run.start_epoch = int(ckpt["epoch"])
@@ -300,14 +306,8 @@ def train_epoch(
         if cfg.train_iterations:
             lo, hi = cfg.train_iterations
             kwargs["iterations"] = int(iteration_rng.integers(lo, hi + 1))
-        result = net(batch["moving"], batch["fixed"], **kwargs)
-        loss = registration_loss_all(result, batch["moving"], batch["fixed"], cfg)
-        run.optimizer.zero_grad()
-        loss.backward()
-        if cfg.grad_clip:  # after backward, so under DDP every rank clips the same averaged gradients
-            torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
-        run.optimizer.step()
-        pending.append((loss.detach(), largest_weight(run.model)))
+        loss = training_step(net, run, batch["moving"], batch["fixed"], cfg, **kwargs)
+        pending.append((loss, largest_weight(run.model)))
         out.pairs += batch["moving"].shape[0] * info.world_size  # every rank: same-sized shards
         run.steps += 1
         unsummed[0] += clock() - step_clock
@@ -331,6 +331,52 @@ def train_epoch(
                     losses += _check_steps(pending, run, epoch, step + 1 - len(pending), info, ckpt_path)
                 break
     return out
+
+
+def training_step(
+    net: nn.Module, run: RunState, moving: torch.Tensor, fixed: torch.Tensor, cfg: TrainConfig, **kwargs
+) -> torch.Tensor:
+    """The loss (a detached 0-d tensor) of one Adam step of ``run``'s model on a batch of pairs (B, C, *S).
+
+    ``net``: the model, or its DDP wrapper; ``kwargs`` go to its forward (``iterations``). The forward pass runs
+    under ``cfg.amp``'s autocast (:func:`amp_autocast`), the loss in float32 after it; with fp16 the loss is
+    scaled before backward and Adam's step is skipped where the scaled gradients overflowed (``run.scaler``).
+    With amp off the scaler is a pass-through: forward, loss, backward, clip, step, in float32.
+    """
+    with amp_autocast(cfg.amp, moving.device):
+        result = net(moving, fixed, **kwargs)
+    loss = registration_loss_all(result, moving, fixed, cfg)
+    run.optimizer.zero_grad()
+    run.scaler.scale(loss).backward()
+    if cfg.grad_clip:  # after backward, so under DDP every rank clips the same averaged gradients
+        run.scaler.unscale_(run.optimizer)  # fp16: clip the true gradients, not the scaled ones
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return loss.detach()
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context of ``TrainConfig.amp`` on ``device``; a no-op context for "off"."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+
+
+def check_amp(amp: str, device: torch.device) -> None:
+    """Raise ValueError (one line) when ``TrainConfig.amp`` cannot run on ``device``: it is for CUDA only."""
+    if amp == "off":
+        return
+    if device.type != "cuda":
+        raise ValueError(
+            f"TrainConfig.amp {amp!r} (mixed precision) runs on CUDA only, and this run is on {device}: "
+            f"set amp: off, or train on a GPU (--device cuda)"
+        )
+    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"TrainConfig.amp 'bf16': {torch.cuda.get_device_name(device)} has no bfloat16; use fp16")
 
 
 def _check_steps(
@@ -411,6 +457,7 @@ def end_epoch(
             optimizer=run.optimizer.state_dict(),
             epoch=epoch + 1,
             history=history,
+            **({"scaler": run.scaler.state_dict()} if run.scaler.is_enabled() else {}),
         )
     distributed.barrier(info)  # the other ranks wait for rank 0's validation and checkpoint
 

@@ -1,8 +1,9 @@
 """The library on every device present: the CPU always, CUDA where torch sees a GPU (the test ids say which).
 
 On each device: SearchMorph's and VoxelMorph's forward pass and gradients agree with the CPU's to a tolerance,
-two training steps (`train`, max_steps=2, the device's budget clock) lower nothing to NaN and move the weights,
-and `register` on numpy arrays gives the CPU's field. On the CPU the comparisons are with itself (they still run
+two training steps (`train`, max_steps=2, the device's budget clock) lower nothing to NaN and move the weights
+(and on CUDA with mixed precision, TrainConfig.amp bf16 and fp16, their loss stays near float32's), and
+`register` on numpy arrays gives the CPU's field. On the CPU the comparisons are with itself (they still run
 the code path); on a GPU they are the real check (`bash .ci/gpu_check.sh` runs this file there).
 """
 
@@ -90,6 +91,37 @@ def test_two_training_steps_move_the_weights(device, tmp_path):
     assert max(steps.values()) > 0, "two Adam steps changed no weight"
     # Adam moves a weight by at most about lr per step: 2 steps of 1e-3 (a larger change: other initial weights)
     assert max(steps.values()) <= 2 * cfg.lr * 1.01, f"a weight moved {max(steps.values()):.2e} in 2 steps"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_two_training_steps_with_mixed_precision(kind, amp, device, tmp_path):
+    """TrainConfig.amp on a GPU: finite losses near float32's, weights moved and still float32, fp16's scaler kept."""
+    if device != "cuda":
+        pytest.skip("mixed precision runs on CUDA only; the CPU refuses it (tests/test_amp.py)")
+    losses = {}
+    for mode in ("off", amp):
+        cfg = TrainConfig(
+            dataset="brain2d",
+            dataset_options={"num_pairs": 4, "image_size": (64, 64)},
+            model=kind,
+            model_config={"radius": 2, "iterations": 2} if kind == "SearchMorph" else {},
+            epochs=1,
+            batch_size=2,
+            val_pairs=0,
+            amp=mode,
+        )
+        losses[mode] = train(cfg, tmp_path / mode, device=torch.device(device), progress=False, max_steps=2)["loss"][0]
+        ckpt = sm.read_checkpoint(tmp_path / mode / "checkpoint.pt")
+        assert ("scaler" in ckpt) == (mode == "fp16")
+    # the same two batches from the same weights: reduced precision moves the loss by far less than 5 %
+    assert np.isfinite(losses[amp]) and losses[amp] == pytest.approx(losses["off"], rel=0.05)
+    seed_everything(cfg.seed)  # as train() does before it builds the model: the same initial weights
+    start = sm.build_model(kind, cfg.model_config).state_dict()
+    after = ckpt["state_dict"]
+    assert max((after[k].float() - start[k].float()).abs().max().item() for k in start) > 0, "no weight moved"
+    assert all(after[k].dtype == start[k].dtype for k in start), "the weights must stay float32"
 
 
 @pytest.mark.parametrize("device", DEVICES)
