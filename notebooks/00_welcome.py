@@ -55,6 +55,7 @@ from nilearn import datasets
 from pydicom import examples
 
 import searchmorph_lite as sm
+from searchmorph_lite.book import setup
 
 # %% tags=["parameters"]
 seed = 0
@@ -67,8 +68,7 @@ echo_frames = (0, 12)  # two frames of the echocardiography cine to compare
 # few seconds everywhere.
 
 # %%
-torch.manual_seed(seed)
-device = sm.default_device() if device == "auto" else torch.device(device)
+device = setup(seed, device)  # seeds torch; "auto": CUDA when present, else CPU
 
 # %% [markdown]
 # ## What deformable registration is
@@ -135,9 +135,10 @@ device = sm.default_device() if device == "auto" else torch.device(device)
 # seconds on a CPU (this is how the book is built and tested); a comment gives the GPU-scale values. With
 # papermill you can change them without editing the notebook: `papermill in.ipynb out.ipynb -p seed 1`.
 #
-# **Device.** `searchmorph_lite.default_device()` returns `cuda` when PyTorch sees a GPU and `cpu` otherwise;
-# every chapter calls it when `device = "auto"`. The setup cell above already did; here is what it found on the
-# machine that ran this page:
+# **Setup.** Every chapter's setup cell, right after `parameters`, is one call, `searchmorph_lite.book.setup(seed,
+# device, threads)`: it seeds PyTorch, sets its CPU threads when the chapter has a `threads` parameter, and returns
+# the device. With `device = "auto"` that is `searchmorph_lite.default_device()`: `cuda` when PyTorch sees a GPU,
+# `cpu` otherwise. The setup cell above already ran; here is what it found on the machine that ran this page:
 
 # %%
 print("PyTorch", torch.__version__, "| searchmorph_lite", sm.__version__)
@@ -290,7 +291,7 @@ plt.show()
 # ## What we built
 #
 # - A definition: deformable registration finds a per-pixel displacement $u$ with $M(p + u(p)) \approx F(p)$.
-# - A map from the paper's Fig. 1 to the chapters, and a working setup (`searchmorph_lite.default_device()`).
+# - A map from the paper's Fig. 1 to the chapters, and a working setup (`searchmorph_lite.book.setup`).
 # - Two real images to work on, a brain slice pair and an echocardiography cine, loaded offline.
 #
 # [Next: 1. Data](01_data.ipynb)

@@ -64,6 +64,7 @@ from matplotlib.patches import Patch, Rectangle
 from pydicom import examples
 
 import searchmorph_lite as sm
+from searchmorph_lite.book import setup
 from searchmorph_lite.data import load_dataset
 from searchmorph_lite.data.brain2d import SPLIT_OFFSETS, load_mni152_slab
 
@@ -79,8 +80,7 @@ echo_size = 160  # side of the echo images, the paper's 160 x 160
 show_frames = 6  # frames in the strips
 
 # %%
-torch.manual_seed(seed)
-device = sm.default_device() if device == "auto" else torch.device(device)
+device = setup(seed, device)  # seeds torch; "auto": CUDA when present, else CPU
 
 # %% [markdown]
 # ## One interface for every dataset

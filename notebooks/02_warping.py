@@ -48,15 +48,20 @@ if "google.colab" in sys.modules:  # the library's loose dependencies keep Colab
         subprocess.run([*pip, f"git+{REPOSITORY}"], check=True)
 
 # %%
-import math
+import inspect
+from functools import partial
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
+from IPython.display import Code
 
 import searchmorph_lite as sm
+from searchmorph_lite import book
+from searchmorph_lite.book import setup
 from searchmorph_lite.data import load_dataset
+from searchmorph_lite.references import bilinear_at, warp_naive
 
 # %% tags=["parameters"]
 seed = 0
@@ -71,8 +76,7 @@ grid_step = 8  # spacing (pixels) of the grid lines drawn over the images
 # nothing in this chapter is slow: configs/book_gpu.yaml leaves it as it is
 
 # %%
-torch.manual_seed(seed)
-device = sm.default_device() if device == "auto" else torch.device(device)
+device = setup(seed, device)  # seeds torch; "auto": CUDA when present, else CPU
 
 # %% [markdown]
 # We work on a real image: the fixed brain slice of the book's `brain2d` data (chapter 1), a 192 x 160 axial
@@ -110,45 +114,34 @@ print(
 # the 3D case ($2^3$ corners); in 2D the neighbourhood is the $2^2 = 4$ pixels around $p^w$. Neighbours that fall
 # outside the image contribute 0.
 #
-# The loops below say exactly that, one pixel at a time.
-
+# The loops below say exactly that, one pixel at a time: `bilinear_at` is the sum over the four neighbours $q$
+# of $p^w$, and `warp_naive` visits every pixel $p$ of every image and channel. They live in the library's
+# `searchmorph_lite.references`, the brute-force versions that the library's tests check `warp` against, so the
+# book and the tests prove the same thing. Here is their source:
 
 # %%
-def warp_naive(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """Warped image (H, W): image (H, W) sampled at p + flow(p) by eq. 8; flow (2, H,
-    W) = (rows, cols)."""
-    h, w = image.shape
-    # Python floats: loops over lists are fast enough
-    img, fl = (image.tolist(), flow.tolist())
-    out = [[0.0] * w for _ in range(h)]
-    for i in range(h):
-        for j in range(w):
-            y, x = i + fl[0][i][j], j + fl[1][i][j]  # p^w = p + phi(p)
-            y0, x0 = math.floor(y), math.floor(x)
-            for qy in (y0, y0 + 1):  # the 4 neighbours q of p^w
-                for qx in (x0, x0 + 1):
-                    if 0 <= qy < h and 0 <= qx < w:
-                        out[i][j] += img[qy][qx] * (1 - abs(y - qy)) * (1 - abs(x - qx))
-    return torch.tensor(out, dtype=image.dtype)
-
+Code(
+    inspect.getsource(bilinear_at) + "\n\n" + inspect.getsource(warp_naive),
+    language="python",
+)
 
 # %% [markdown]
-# A smooth random field to test it on: random displacements on a coarse grid of control points, interpolated to
-# every pixel with bicubic interpolation and scaled so that the largest displacement is `strength` pixels.
+# A smooth random field to test it on: `searchmorph_lite.book.smooth_field` draws random displacements on a coarse
+# grid of control points, interpolates them to every pixel (here bicubically) and scales them so that the largest
+# displacement is `strength` pixels. This chapter's fields are all on the brain's grid, from `control_points`:
 
 
 # %%
-def smooth_field(
-    max_disp: float, shape=(H, W), points=control_points, seed=seed
-) -> torch.Tensor:
-    """Smooth random field (1, 2, H, W) in pixels whose largest |component| is
-    max_disp."""
-    gen = torch.Generator().manual_seed(seed)
-    coarse = torch.randn(1, 2, *points, generator=gen)
-    field = F.interpolate(coarse, size=shape, mode="bicubic", align_corners=True)
-    return (field * max_disp / field.abs().max()).to(device)
-
-
+# smooth_field(max_disp, seed=seed): a field (1, 2, H, W), largest |component| max_disp
+smooth_field = partial(
+    book.smooth_field,
+    (H, W),
+    grid=control_points,
+    cubic=True,
+    draw_dtype=torch.float32,
+    seed=seed,
+    device=device,
+)
 flow = smooth_field(strength)
 print(
     "flow:",
@@ -158,7 +151,7 @@ print(
 )
 
 # %%
-warped_naive = warp_naive(brain[0, 0].cpu(), flow[0].cpu())
+warped_naive = warp_naive(brain.cpu(), flow.cpu())[0, 0]  # (H, W)
 warped = sm.warp(brain, flow)
 
 # %% tags=["nbval-check-output"]
@@ -419,8 +412,9 @@ widgets.interact(explore, max_displacement=slider)
 # %% [markdown]
 # ## Exercises
 #
-# 1. Add `padding_mode="border"` to `warp_naive`: positions outside the image read the nearest border pixel
-#    instead of 0. Check it against `sm.warp(..., padding_mode="border")` with a field that pushes content out.
+# 1. Write `warp_naive_border(image, flow)` for an image (H, W) and a field (2, H, W): `warp_naive` with
+#    `padding_mode="border"`, where positions outside the image read the nearest border pixel instead of 0. Check
+#    it against `sm.warp(..., padding_mode="border")` with a field that pushes content out.
 #
 # ````{dropdown} Solution
 # Clamp $p^w$ into the image before finding its neighbours; the weights then stay inside.
@@ -430,7 +424,7 @@ widgets.interact(explore, max_displacement=slider)
 #     clamped = torch.stack([(torch.arange(h)[:, None] + flow[0]).clamp(0, h - 1),
 #                            (torch.arange(w)[None, :] + flow[1]).clamp(0, w - 1)])
 #     grid = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")).float()
-#     return warp_naive(image, clamped - grid)
+#     return warp_naive(image[None, None], (clamped - grid)[None])[0, 0]
 #
 # push = torch.zeros(1, 2, H, W); push[:, 1] = 30.0
 # assert torch.allclose(warp_naive_border(brain[0, 0].cpu(), push[0]),
@@ -459,7 +453,8 @@ widgets.interact(explore, max_displacement=slider)
 # %% [markdown]
 # ## What we built
 #
-# - `warp_naive`: eq. 8 with loops, equal to `sm.warp` (and `sm.SpatialTransformer`), which is differentiable.
+# - `warp_naive` (`searchmorph_lite.references`): eq. 8 with loops, equal to `sm.warp` (and
+#   `sm.SpatialTransformer`), which is differentiable.
 # - The conventions: channel 0 rows, channel 1 columns, sample at $p + \phi(p)$, so $+5$ columns moves content left;
 #   `mode="nearest"` for labels.
 # - `sm.upsample_flow`: resizing a field multiplies its displacements by the factor.

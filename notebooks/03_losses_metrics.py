@@ -46,14 +46,21 @@ if "google.colab" in sys.modules:  # the library's loose dependencies keep Colab
         subprocess.run([*pip, f"git+{REPOSITORY}"], check=True)
 
 # %%
+import inspect
+from functools import partial
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
+from IPython.display import Code
 from matplotlib.colors import ListedColormap, TwoSlopeNorm
 
 import searchmorph_lite as sm
+from searchmorph_lite import book
+from searchmorph_lite.book import setup
 from searchmorph_lite.data import load_dataset
+from searchmorph_lite.references import dice_naive, jacobian_naive, local_ncc_naive
 
 # %% tags=["parameters"]
 seed = 0
@@ -69,8 +76,7 @@ fold_strength = 20.0
 # nothing in this chapter is slow: configs/book_gpu.yaml leaves it as it is
 
 # %%
-torch.manual_seed(seed)
-device = sm.default_device() if device == "auto" else torch.device(device)
+device = setup(seed, device)  # seeds torch; "auto": CUDA when present, else CPU
 
 # %% [markdown]
 # A real pair from the book's `brain2d` data (chapter 1): a moving slice (a neighbouring MNI152 slice under a
@@ -139,28 +145,19 @@ print("MSE(moving, fixed) =", f"{naive:.4g}")
 # $\mathrm{cc}(p) \in [0, 1]$ is the squared correlation coefficient of the two patches: 1 when one patch is an
 # increasing or decreasing affine function of the other. Windows reaching past the border read zeros (as in
 # VoxelMorph, whose LNCC the library follows), and $\varepsilon = 10^{-5}$ keeps flat background windows at 0
-# instead of 0/0. The loop, on a downsampled copy so that it finishes in a blink:
-
+# instead of 0/0. The loop, one window at a time, is the library's brute-force reference in
+# `searchmorph_lite.references`, the one its tests check `sm.local_ncc` against:
 
 # %%
-def local_ncc_naive(
-    a: torch.Tensor, b: torch.Tensor, win: int = window, eps: float = 1e-5
-) -> torch.Tensor:
-    """Map (H, W) of squared local correlation of images a, b (H, W) over win x win
-    windows, zero padded."""
-    r = win // 2
-    a_pad, b_pad = F.pad(a, (r, r, r, r)), F.pad(b, (r, r, r, r))
-    out = torch.zeros_like(a)
-    for i in range(a.shape[0]):
-        for j in range(a.shape[1]):
-            pa, pb = a_pad[i : i + win, j : j + win], b_pad[i : i + win, j : j + win]
-            da, db = pa - pa.mean(), pb - pb.mean()
-            out[i, j] = (da * db).sum() ** 2 / ((da * da).sum() * (db * db).sum() + eps)
-    return out
+Code(inspect.getsource(local_ncc_naive), language="python")
 
+# %% [markdown]
+# We run it on a downsampled copy, so that it finishes in a blink:
 
+# %%
 small = lambda x: F.interpolate(x, size=naive_size, mode="area")  # noqa: E731
-cc_naive = local_ncc_naive(small(moving)[0, 0].double(), small(fixed)[0, 0].double())
+# (H, W) map of cc(p), in float64
+cc_naive = local_ncc_naive(small(moving).double(), small(fixed).double(), window)[0, 0]
 
 # %% tags=["nbval-check-output"]
 cc_lib = sm.local_ncc(small(moving).double(), small(fixed).double(), window=window)[
@@ -231,17 +228,17 @@ def grad_l2_naive(flow: torch.Tensor) -> float:
     return (rows / (channels * (h - 1) * w) + cols / (channels * h * (w - 1))) / 2
 
 
-def smooth_field(max_disp: float, points=(10, 8), seed=seed) -> torch.Tensor:
-    """Smooth random field (1, 2, H, W) in pixels whose largest |component| is max_disp
-    (as in chapter 2)."""
-    gen = torch.Generator().manual_seed(seed)
-    field = F.interpolate(
-        torch.randn(1, 2, *points, generator=gen),
-        size=(H, W),
-        mode="bicubic",
-        align_corners=True,
-    )
-    return (field * max_disp / field.abs().max()).to(device)
+# smooth_field(max_disp, seed=seed): chapter 2's smooth random field (1, 2, H, W),
+# largest |component| max_disp pixels
+smooth_field = partial(
+    book.smooth_field,
+    (H, W),
+    grid=(10, 8),
+    cubic=True,
+    draw_dtype=torch.float32,
+    seed=seed,
+    device=device,
+)
 
 
 # %% tags=["nbval-check-output"]
@@ -321,28 +318,15 @@ plt.show()
 # $$
 #
 # with $A_l$ the set of pixels labelled $l$ in $A$. 1 is perfect overlap. (The paper's Sec. IV-B says "a lower Dice
-# index indicates better model performance"; that is a slip, its tables rank higher Dice as better.)
-
+# index indicates better model performance"; that is a slip, its tables rank higher Dice as better.) The library's
+# reference counts the pixels of one label, straight from the formula:
 
 # %%
-def dice_naive(a: np.ndarray, b: np.ndarray, labels) -> list[float]:
-    """Dice of each label between two label maps (H, W), by counting pixels."""
-    scores = []
-    for lab in labels:
-        both = in_a = in_b = 0
-        for x, y in zip(a.flatten().tolist(), b.flatten().tolist()):
-            in_a += x == lab
-            in_b += y == lab
-            both += (x == lab) and (y == lab)
-        scores.append(2 * both / (in_a + in_b))
-    return scores
-
+Code(inspect.getsource(dice_naive), language="python")
 
 # %% tags=["nbval-check-output"]
 tissues = [1, 2, 3]
-naive = dice_naive(
-    moving_labels[0, 0].cpu().numpy(), fixed_labels[0, 0].cpu().numpy(), tissues
-)
+naive = [dice_naive(moving_labels.cpu(), fixed_labels.cpu(), lab) for lab in tissues]
 library = sm.dice(moving_labels, fixed_labels, labels=tissues)[0]  # (B, L) -> (L,)
 assert torch.allclose(torch.tensor(naive), library.cpu().double().float(), atol=1e-6)
 for lab, d in zip(("CSF/other", "grey matter", "white matter"), naive):
@@ -384,37 +368,15 @@ plt.show()
 # $$
 #
 # We estimate the derivatives with central differences, $\partial u / \partial r \approx (u(r+1) - u(r-1))/2$, and
-# one-sided differences on the border rows and columns, as the library does.
-
+# one-sided differences on the border rows and columns, as the library does. The library's reference, one
+# 2 x 2 matrix at a time:
 
 # %%
-def jacobian_det_naive(flow: torch.Tensor) -> torch.Tensor:
-    """det(I + grad u) per pixel (H, W) of one field (2, H, W), one 2 x 2 matrix at a
-    time."""
-    _, h, w = flow.shape
-    f = flow.tolist()
-
-    def d(k, i, j, axis):  # derivative of u_k at (i, j) along axis 0 (rows) or 1 (cols)
-        n, pos = (h, i) if axis == 0 else (w, j)
-        at = lambda t: f[k][t][j] if axis == 0 else f[k][i][t]  # noqa: E731
-        if pos == 0:
-            return at(1) - at(0)
-        if pos == n - 1:
-            return at(n - 1) - at(n - 2)
-        return (at(pos + 1) - at(pos - 1)) / 2
-
-    det = torch.empty(h, w, dtype=flow.dtype)
-    for i in range(h):
-        for j in range(w):
-            a, b = 1 + d(0, i, j, 0), d(0, i, j, 1)
-            c, e = d(1, i, j, 0), 1 + d(1, i, j, 1)
-            det[i, j] = a * e - b * c
-    return det
-
+Code(inspect.getsource(jacobian_naive), language="python")
 
 # %% tags=["nbval-check-output"]
 folding = smooth_field(fold_strength)
-det_naive = jacobian_det_naive(folding[0].cpu().double())
+det_naive = jacobian_naive(folding.cpu().double())[0]  # (H, W)
 det_lib = sm.jacobian_determinant(folding.double())[0].cpu()
 assert torch.allclose(det_naive, det_lib, atol=1e-10)
 print(

@@ -1,4 +1,6 @@
-"""What the book's chapters share: SearchMorph's pipeline (Fig. 1) as a diagram, method colours, paired verdicts.
+"""What the book's chapters share, written once (d2l's ``#@save``): the setup cell, test fields and hand-made
+features, parameter counts, the choice between shipped and freshly trained models, SearchMorph's pipeline (Fig. 1)
+as a diagram, method colours, paired verdicts and synchronised timings.
 
 matplotlib is a book dependency, not the library's: it is imported inside the functions, so
 ``import searchmorph_lite`` works without it.
@@ -6,7 +8,117 @@ matplotlib is a book dependency, not the library's: it is imported inside the fu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def setup(
+    seed: int = 0, device: str | torch.device = "auto", threads: int = 0, deterministic: bool = False
+) -> torch.device:
+    """The chapter's device (torch.device; "auto": CUDA when present, else CPU), after seeding torch with ``seed``.
+
+    ``threads`` > 0 sets PyTorch's CPU threads (0 keeps its default); ``deterministic`` asks for deterministic
+    kernels (a warning, not an error, where an operation has none), so that a rerun gives the same numbers.
+    """
+    from .checkpoint import default_device
+
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if threads:
+        torch.set_num_threads(threads)
+    return default_device() if device == "auto" else torch.device(device)
+
+
+def smooth_field(
+    shape: tuple[int, ...],
+    max_px: float,
+    seed: int = 0,
+    grid: int | tuple[int, ...] = 8,
+    cubic: bool = False,
+    draw_dtype: torch.dtype = torch.float64,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Random smooth field (1, ndim, *shape), float32 pixels, largest |component| ``max_px``: N(0, 1) values on a
+    coarse ``grid`` (an int: that many points per axis), interpolated to ``shape`` with align_corners=True.
+
+    The values are drawn and interpolated in ``draw_dtype`` from a generator seeded with ``seed``, (bi/tri)linearly,
+    or bicubically with ``cubic`` (2D only): the same arguments give the same field on every machine.
+    """
+    ndim = len(shape)
+    if ndim not in (2, 3) or (cubic and ndim != 2):
+        raise ValueError(f"smooth_field makes 2D or 3D fields (cubic: 2D only), got shape {tuple(shape)}")
+    points = (grid,) * ndim if isinstance(grid, int) else tuple(grid)
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(1, ndim, *points, generator=gen, dtype=draw_dtype)
+    mode = "bicubic" if cubic else ("bilinear", "trilinear")[ndim - 2]
+    field = F.interpolate(coarse, size=tuple(shape), mode=mode, align_corners=True)
+    return (field * max_px / field.abs().max()).to(torch.float32).to(device)
+
+
+def patch_features(image: torch.Tensor, size: int, eps: float = 1e-3) -> torch.Tensor:
+    """Hand-made features (B, size^2, H, W) of images (B, 1, H, W): each pixel's size x size patch (zero padded),
+    minus its mean, divided by its norm + ``eps``; inner products of two are patch NCCs (chapters 5, 6, 9).
+
+    ``eps`` keeps flat background patches near 0 instead of dividing 0 by 0.
+    """
+    patches = F.unfold(image, size, padding=size // 2)  # (B, size^2, H*W)
+    patches = patches - patches.mean(dim=1, keepdim=True)
+    patches = patches / (patches.norm(dim=1, keepdim=True) + eps)
+    return patches.reshape(image.shape[0], size * size, *image.shape[2:])
+
+
+def n_params(module: nn.Module) -> int:
+    """Number of trainable and frozen parameters (an int) of ``module``: buffers such as batch-norm statistics
+    are not parameters."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def load_or_train(
+    shipped: dict[str, str],
+    train: Callable[[str], tuple[nn.Module, dict]],
+    device: str | torch.device | None = None,
+    use_pretrained: bool = True,
+    checkpoints: dict[str, str] | None = None,
+    expected_model: str | None = None,
+) -> tuple[dict[str, nn.Module], dict[str, dict], str]:
+    """(models, cards, source) for every name of ``shipped`` (name -> pretrained model name), all from one source.
+
+    The source is "checkpoints" when ``checkpoints`` (name -> file) names every model; else "pretrained" when
+    ``use_pretrained`` and every shipped model is installed; else "trained": ``train(name)`` returns (model, card).
+    Never a mix, so that the models compared share one budget. A checkpoint must hold the model class
+    ``expected_model`` (default: its name). Cards as ``provenance.card_of``.
+    """
+    from .checkpoint import load_checkpoint
+    from .pretrained import available_pretrained, load_pretrained
+    from .provenance import card_of
+
+    checkpoints = checkpoints or {}
+    if set(checkpoints) >= set(shipped):
+        source = "checkpoints"
+    elif use_pretrained and set(shipped.values()) <= set(available_pretrained()):
+        source = "pretrained"
+    else:
+        source = "trained"
+    if checkpoints and source != "checkpoints":
+        print(f"checkpoints given for {sorted(checkpoints)} only: they are not used, so that all share one budget")
+    models, cards = {}, {}
+    for name, pretrained_name in shipped.items():
+        if source == "checkpoints":
+            kind = expected_model or name
+            models[name] = load_checkpoint(checkpoints[name], expected_model=kind, device=device)
+            cards[name] = card_of(models[name], source="loaded from checkpoint")
+        elif source == "pretrained":
+            models[name] = load_pretrained(pretrained_name, device=device)
+            cards[name] = card_of(models[name])
+        else:
+            models[name], cards[name] = train(name)
+    return models, cards, source
+
 
 # Fig. 1's boxes: key -> (label, short label for the one-row map, chapter, column, row of the two-row diagram).
 BOXES = {

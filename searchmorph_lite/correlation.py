@@ -80,6 +80,18 @@ def correlation_pyramid(volume: torch.Tensor, levels: int = 4) -> list[torch.Ten
     return pyramid
 
 
+def all_pairs_bytes(features: tuple[int, ...], levels: int = 4, element_size: int = 4, batch: int = 1) -> int:
+    """Bytes (an int) of the all-pairs volume (B, *S, *S) over a feature grid S plus its pyramid levels 1..L-1
+    (eq. 1-2), ``element_size`` bytes per value: what ``correlation_pyramid(cost_volume(...))`` holds.
+
+    Level 0 is the volume itself (a view), and level l has floor(S / 2^l) fixed positions per axis, so the total is
+    element_size * B * prod(S) * sum_l prod(S >> l). The on-the-fly search never builds it (chapters 7, 14, 16).
+    """
+    n = math.prod(features)
+    pooled = sum(math.prod(s >> level for s in features) for level in range(levels))
+    return element_size * batch * n * pooled
+
+
 @lru_cache(maxsize=32)
 def _diamond_offsets(radius: int, ndim: int) -> tuple[tuple[int, ...], ...]:
     rng = range(-radius, radius + 1)

@@ -16,7 +16,7 @@ from .encoders import SharedEncoder
 from .iterator import DeformationFieldIterator
 from .transform import integrate_velocity, upsample_flow, warp
 
-__all__ = ["RegistrationResult", "SearchMorph", "SearchMorphConfig"]
+__all__ = ["ABLATIONS", "RegistrationResult", "SearchMorph", "SearchMorphConfig"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,17 @@ class SearchMorphConfig:
         d = dataclasses.asdict(self)
         d["widths"] = list(self.widths)
         return d
+
+
+# Table III's rows: the SearchMorphConfig switches that remove one component each (chapter 9 shows what each
+# changes inside ``forward``; chapter 13 trains and scores them). "SearchMorph" is the full model.
+ABLATIONS: dict[str, dict[str, bool | int]] = {
+    "SearchMorph": {},
+    "w/o context": {"use_context": False},
+    "w/o search module": {"use_search": False},
+    "w/o corr pyramid": {"use_pyramid": False},
+    "w/o iteration": {"iterations": 1},
+}
 
 
 class SearchMorph(RegistrationModel):

@@ -17,9 +17,9 @@ def bilinear_at(image2d: torch.Tensor, y: float, x: float) -> float:
     h, w = image2d.shape
     y0, x0 = math.floor(y), math.floor(x)
     total = 0.0
-    for yy in (y0, y0 + 1):
+    for yy in (y0, y0 + 1):  # the 4 neighbours q of (y, x); those outside the grid add 0
         for xx in (x0, x0 + 1):
-            if 0 <= yy < h and 0 <= xx < w:
+            if 0 <= yy < h and 0 <= xx < w:  # weight: prod over axes of (1 - |p_d - q_d|)
                 total += float(image2d[yy, xx]) * (1 - abs(y - yy)) * (1 - abs(x - xx))
     return total
 
@@ -31,7 +31,7 @@ def warp_naive(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     for n in range(b):
         for i in range(h):
             for j in range(w):
-                y = i + float(flow[n, 0, i, j])
+                y = i + float(flow[n, 0, i, j])  # p^w = p + phi(p), rows then columns
                 x = j + float(flow[n, 1, i, j])
                 for ch in range(c):
                     out[n, ch, i, j] = bilinear_at(image[n, ch], y, x)
