@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import searchmorph_lite as sm
-from searchmorph_lite.book import you_are_here
+from searchmorph_lite.book import n_params, setup, you_are_here
 from searchmorph_lite.data import load_dataset
 
 # %% tags=["parameters"]
@@ -66,8 +66,7 @@ small_widths = (8, 16, 16)  # channels of our hand-built trunk at 1, 1/2, 1/4 re
 pair_index = 1  # which brain2d test pair to look at
 
 # %%
-torch.manual_seed(seed)
-device = sm.default_device() if device == "auto" else torch.device(device)
+device = setup(seed, device)  # seeds torch; "auto": CUDA when present, else CPU
 
 # %% tags=["remove-input"]
 you_are_here("encoder")
@@ -174,14 +173,11 @@ for name, t in steps:
 #
 # A 3x3 convolution from $c_{in}$ to $c_{out}$ channels has $9\,c_{in}c_{out}$ weights (plus $c_{out}$ biases in
 # the heads); a batch norm has a scale and a shift per channel ($2c_{out}$; its running mean and variance are
-# buffers, not parameters). Counting by hand and asking PyTorch must agree:
+# buffers, not parameters). Counting by hand and asking PyTorch must agree. `n_params(module)`, from
+# `searchmorph_lite.book` (later chapters use it too), asks PyTorch: `sum(p.numel() for p in module.parameters())`.
 
 
 # %% tags=["nbval-check-output"]
-def n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 w0, w1, w2 = small_widths
 by_hand = {
     "down[0]": 9 * 2 * w0 + 2 * w0,

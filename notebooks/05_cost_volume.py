@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from IPython.display import Code
 
 import searchmorph_lite as sm
-from searchmorph_lite.book import you_are_here
+from searchmorph_lite.book import patch_features, setup, you_are_here
 from searchmorph_lite.data import load_dataset
 
 # %% tags=["parameters"]
@@ -73,8 +73,7 @@ patch = 9  # side of the normalised patches we use as hand-made features
 measure_up_to = 128
 
 # %%
-torch.manual_seed(seed)
-device = sm.default_device() if device == "auto" else torch.device(device)
+device = setup(seed, device)  # seeds torch; "auto": CUDA when present, else CPU
 
 # %% tags=["remove-input"]
 you_are_here("cost volume")
@@ -232,25 +231,17 @@ plt.show()
 # we hand-make features: each pixel's $9 \times 9$ neighbourhood, minus its mean, scaled to unit length. The
 # inner product of two such vectors is the normalised cross-correlation (NCC) of the two patches, a classical
 # similarity that ignores brightness and contrast changes. We compute them at half resolution, where SearchMorph's
-# features live.
-#
+# features live. Chapters 6 and 9 use the same features, so they are in the library, `searchmorph_lite.book`:
+
+# %%
+Code(inspect.getsource(patch_features), language="python")
+
+# %% [markdown]
 # The pair comes from `brain2d` with its ground truth: the moving image was made as `warp(source, flow)`, so
 # moving pixel $p$ shows the anatomy at $p + \text{flow}(p)$ of the source slice, 2 mm from the fixed slice. That
 # point is the true match of $p$ in $F$ (up to the 2 mm of anatomy).
 
-
 # %%
-def patch_features(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Features (B, size^2, H, W): each pixel's size x size patch (zero padded), minus
-    its mean, unit norm."""
-    patches = F.unfold(image, size, padding=size // 2)  # (B, size^2, H*W)
-    patches = patches - patches.mean(dim=1, keepdim=True)
-    patches = patches / (
-        patches.norm(dim=1, keepdim=True) + 1e-3
-    )  # flat background patches stay ~0
-    return patches.reshape(image.shape[0], size * size, *image.shape[2:])
-
-
 dataset = load_dataset(
     "brain2d",
     "test",

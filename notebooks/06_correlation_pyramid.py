@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 import searchmorph_lite as sm
-from searchmorph_lite.book import you_are_here
+from searchmorph_lite.book import patch_features, setup, you_are_here
 from searchmorph_lite.data import load_dataset
 
 # %% tags=["parameters"]
@@ -69,8 +69,7 @@ levels = 4  # the paper's four kernels 1, 2, 4, 8
 radius = 3  # the paper's search radius for brain MR
 
 # %%
-torch.manual_seed(seed)
-device = sm.default_device() if device == "auto" else torch.device(device)
+device = setup(seed, device)  # seeds torch; "auto": CUDA when present, else CPU
 
 
 # %% tags=["remove-input"]
@@ -154,20 +153,12 @@ for s in range(levels):
 # ## One pixel's map on the four levels
 #
 # We rebuild chapter 5's brain pair with its hand-made features (normalised 9 x 9 patches at half resolution,
-# whose correlation is the patch NCC) and look at two moving pixels on each level: $(12, 9)$ on the edge of the
-# frontal cortex, and chapter 5's query 1, $(31, 22)$, on the edge of a ventricle.
+# whose correlation is the patch NCC: `searchmorph_lite.book.patch_features`) and look at two moving pixels on
+# each level: $(12, 9)$ on the edge of the frontal cortex, and chapter 5's query 1, $(31, 22)$, on the edge of a
+# ventricle.
 
 
 # %%
-def patch_features(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Features (B, size^2, H, W): each pixel's size x size patch (zero padded), minus
-    its mean, unit norm."""
-    patches = F.unfold(image, size, padding=size // 2)
-    patches = patches - patches.mean(dim=1, keepdim=True)
-    patches = patches / (patches.norm(dim=1, keepdim=True) + 1e-3)
-    return patches.reshape(image.shape[0], size * size, *image.shape[2:])
-
-
 dataset = load_dataset(
     "brain2d",
     "test",

@@ -48,17 +48,19 @@ if "google.colab" in sys.modules:  # the library's loose dependencies keep Colab
         subprocess.run([*pip, f"git+{REPOSITORY}"], check=True)
 
 # %%
-import math
+import inspect
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
+from IPython.display import Code
 
 import searchmorph_lite as sm
 from searchmorph_lite.book import best_time as book_best_time
-from searchmorph_lite.book import you_are_here
+from searchmorph_lite.book import setup, you_are_here
 from searchmorph_lite.data import load_dataset
+from searchmorph_lite.references import diamond_naive, search_naive
 
 # %% tags=["parameters"]
 seed = 0
@@ -75,8 +77,7 @@ bench_size = (64, 64)
 bench_batch = 1
 
 # %%
-torch.manual_seed(seed)
-device = sm.default_device() if device == "auto" else torch.device(device)
+device = setup(seed, device)  # seeds torch; "auto": CUDA when present, else CPU
 
 
 # %% tags=["remove-input"]
@@ -91,20 +92,14 @@ you_are_here("search")
 # $$\mathcal{P}(X^w)_r = \{X^w + D \mid D \in \mathbb{Z}^2, \|D\|_1 \le r\} \qquad (3)$$
 #
 # The offsets $D$ form a diamond. Row $D_0 = t$ holds $2(r - |t|) + 1$ offsets, so there are
-# $K = \sum_{t=-r}^{r} \big(2(r-|t|)+1\big) = 2r^2 + 2r + 1$ of them. The brute-force set, straight from eq. 3:
-
+# $K = \sum_{t=-r}^{r} \big(2(r-|t|)+1\big) = 2r^2 + 2r + 1$ of them. The brute-force set, straight from eq. 3,
+# by looping over the enclosing square; like every loop the library's tests check against, it lives in
+# `searchmorph_lite.references`:
 
 # %%
-def diamond_naive(r: int) -> set[tuple[int, int]]:
-    """All D in Z^2 with |D_0| + |D_1| <= r, by looping over the enclosing square."""
-    return {
-        (dy, dx)
-        for dy in range(-r, r + 1)
-        for dx in range(-r, r + 1)
-        if abs(dy) + abs(dx) <= r
-    }
+Code(inspect.getsource(diamond_naive), language="python")
 
-
+# %%
 for r in range(6):
     offsets = sm.diamond_offsets(r)
     assert set(map(tuple, offsets.tolist())) == diamond_naive(r)
@@ -139,41 +134,12 @@ for r in range(6):
 # offset $D$ (the warped point mapped onto the level, chapter 6), by bilinear interpolation (eq. 8's weights),
 # reading 0 outside the map. We check this on an $8 \times 8$ example whose four levels are $8 \times 8$,
 # $4 \times 4$, $2 \times 2$ and $1 \times 1$, with a random field of a few pixels so that many positions fall
-# between pixels and some fall outside.
-
-
-# %%
-def bilinear(image: list, y: float, x: float) -> float:
-    """Value of a 2D map (nested lists) at real (row y, col x): 4 neighbours weighted
-    (1-|dy|)(1-|dx|), 0 outside."""
-    y0, x0 = math.floor(y), math.floor(x)
-    total = 0.0
-    for yy in (y0, y0 + 1):
-        for xx in (x0, x0 + 1):
-            if 0 <= yy < len(image) and 0 <= xx < len(image[0]):
-                total += image[yy][xx] * (1 - abs(y - yy)) * (1 - abs(x - xx))
-    return total
-
+# between pixels and some fall outside. The loops are the library's references: `bilinear_at` is eq. 8's sampler
+# (chapter 2), and `search_naive` calls it for every pixel, level and offset; `offsets` is a list of (row,
+# column) pairs, the rows of `sm.diamond_offsets(r)`:
 
 # %%
-def search_naive(
-    pyramid: list[torch.Tensor], flow: torch.Tensor, offsets: torch.Tensor
-) -> torch.Tensor:
-    """Search map (B, L*K, H, W) with loops: level l of pixel p's map read at (p +
-    flow(p)) / 2^l + D (eq. 3)."""
-    b, _, h, w = flow.shape
-    k = len(offsets)
-    out = torch.zeros(b, len(pyramid) * k, h, w)
-    for n in range(b):
-        for i in range(h):
-            for j in range(w):
-                for level, volume in enumerate(pyramid):
-                    cy = (i + flow[n, 0, i, j].item()) / 2**level  # X^w on level l
-                    cx = (j + flow[n, 1, i, j].item()) / 2**level
-                    corr = volume[n, i, j].tolist()  # p's correlation map on this level
-                    for c, (dy, dx) in enumerate(offsets.tolist()):
-                        out[n, level * k + c, i, j] = bilinear(corr, cy + dy, cx + dx)
-    return out
+Code(inspect.getsource(search_naive), language="python")
 
 
 # %%
@@ -184,7 +150,7 @@ h_m, h_f = (
 pyramid = sm.correlation_pyramid(sm.cost_volume(h_m, h_f), levels)
 flow = 2.0 * torch.randn(1, 2, naive_size, naive_size)
 offsets = sm.diamond_offsets(radius)
-naive = search_naive(pyramid, flow, offsets)
+naive = search_naive(pyramid, flow, offsets.tolist())
 library = sm.search_pyramid(pyramid, flow, radius)
 assert torch.allclose(naive, library, atol=1e-5)
 print("max |naive - library| =", f"{(naive - library).abs().max().item():.2e}")
@@ -238,7 +204,7 @@ fields = {
     .repeat(1, 1, 8, 8),
 }
 for name, field in fields.items():
-    truth = search_naive(pyramid, field, offsets)
+    truth = search_naive(pyramid, field, offsets.tolist())
     print(
         f"{name:<18} rows and columns swapped: "
         f"{verdict(sm.search_pyramid(pyramid, field.flip(1), radius), truth)}"
@@ -248,8 +214,8 @@ line = torch.tensor(
 )  # an asymmetric window: a horizontal line
 for name, window in {"diamond": offsets, "horizontal line": line}.items():
     truth, swapped = (
-        search_naive(pyramid, flow, window),
-        search_naive(pyramid, flow, window.flip(1)),
+        search_naive(pyramid, flow, window.tolist()),
+        search_naive(pyramid, flow, window.flip(1).tolist()),
     )
     print(
         f"{name:<18} offsets swapped: channel by channel {verdict(swapped, truth)}, "
@@ -499,7 +465,8 @@ _ = widgets.interact(
 # ## What we built
 #
 # The diamond of eq. 3, `sm.diamond_offsets(r)`: $K = 2r^2 + 2r + 1$ offsets per level, against RAFT's $(2r+1)^2$.
-# The search map with loops, equal to `sm.search_pyramid`, and a field that differs on the two axes to test it.
+# The search map with loops (`searchmorph_lite.references.search_naive`), equal to `sm.search_pyramid`, and a field
+# that differs on the two axes to test it.
 # `sm.search_features`: the same map from pooled features, without the $(HW)^2$ volume.
 #
 # [Next: 8. The ConvGRU iterator](08_convgru_iterator.ipynb)

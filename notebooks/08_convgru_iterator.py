@@ -55,10 +55,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from matplotlib.colors import LogNorm
-from torch import nn
+from torch import nn  # noqa: F401 -- the exercises compare with nn.GRUCell
 
 import searchmorph_lite as sm
-from searchmorph_lite.book import you_are_here
+from searchmorph_lite.book import n_params, setup, you_are_here
 from searchmorph_lite.data import load_dataset
 
 # %% tags=["parameters"]
@@ -82,11 +82,8 @@ alpha = 2.0  # smoothness weight with LNCC, as the paper for brain MR (eq. 9)
 eval_iterations = 8  # iterations at test time: twice the trained number
 
 # %%
-torch.manual_seed(seed)
-torch.use_deterministic_algorithms(True, warn_only=True)  # same kernels on every rerun
-device = sm.default_device() if device == "auto" else torch.device(device)
-if threads:
-    torch.set_num_threads(threads)
+# seed, deterministic kernels (same numbers on every rerun), threads; returns the device
+device = setup(seed, device, threads, deterministic=True)
 
 # %% tags=["remove-input"]
 you_are_here("iterator")
@@ -292,10 +289,6 @@ plt.show()
 
 
 # %% tags=["nbval-check-output"]
-def n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 default = sm.SearchMorph(sm.SearchMorphConfig())
 it = default.iterator
 parts = [

@@ -62,8 +62,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import searchmorph_lite as sm
-from searchmorph_lite.book import draw_pipeline
+from searchmorph_lite.book import draw_pipeline, n_params, patch_features, setup
 from searchmorph_lite.data import load_dataset
+from searchmorph_lite.model import ABLATIONS
 
 # %% tags=["parameters"]
 seed = 0
@@ -83,11 +84,8 @@ odd_size = (181, 149)  # an image size the network cannot take as it is
 timing_repeats = 3  # forward passes per model in the timing
 
 # %%
-torch.manual_seed(seed)
-torch.use_deterministic_algorithms(True, warn_only=True)  # same kernels on every rerun
-device = sm.default_device() if device == "auto" else torch.device(device)
-if threads:
-    torch.set_num_threads(threads)
+# seed, deterministic kernels (same numbers on every rerun), threads; returns the device
+device = setup(seed, device, threads, deterministic=True)
 
 # %% [markdown]
 # ## Fig. 1 as code
@@ -273,19 +271,12 @@ print(
 # which is only consistent with this reading.
 #
 # A direct test: make $M$ a copy of $F$ translated by `shift` $= (2, -3)$ pixels, so that $M(p) = F(p - s)$. As
-# features we use normalised $5 \times 5$ patches (a hand-made descriptor: no training needed), and for every pixel
-# we keep the diamond offset with the highest correlation, once with $F$ asking and once with $M$ asking.
+# features we use normalised $5 \times 5$ patches (chapter 5's `patch_features`, a hand-made descriptor: no
+# training needed), and for every pixel we keep the diamond offset with the highest correlation, once with $F$
+# asking and once with $M$ asking.
 
 
 # %%
-def patch_features(img: torch.Tensor, size: int = 5) -> torch.Tensor:
-    """Features (1, size^2, H, W): each pixel's size x size patch, minus its mean,
-    divided by its norm."""
-    p = F.unfold(img, size, padding=size // 2).reshape(1, size * size, *img.shape[2:])
-    p = p - p.mean(1, keepdim=True)
-    return p / (p.norm(dim=1, keepdim=True) + 1e-6)
-
-
 def best_offsets(query: torch.Tensor, searched: torch.Tensor, r: int) -> torch.Tensor:
     """Field (1, 2, H, W) on the query's grid: for each query pixel, the diamond offset
     with the best correlation."""
@@ -304,7 +295,7 @@ def best_offsets(query: torch.Tensor, searched: torch.Tensor, r: int) -> torch.T
 # %% tags=["nbval-check-output"]
 f_half = F.avg_pool2d(fixed, 2)  # the features' resolution
 m_half = torch.roll(f_half, shifts=shift, dims=(2, 3))  # M(p) = F(p - s)
-h_fix, h_mov = patch_features(f_half), patch_features(m_half)
+h_fix, h_mov = (patch_features(x, 5, eps=1e-6) for x in (f_half, m_half))
 r = sum(abs(v) for v in shift) + 1  # the diamond must reach s
 ask_fixed, ask_moving = best_offsets(h_fix, h_mov, r), best_offsets(h_mov, h_fix, r)
 inside = (f_half > 0.05)[
@@ -377,24 +368,14 @@ for f in dataclasses.fields(sm.SearchMorphConfig):
 # | w/o Corr Pyramid | `use_pyramid=False` | one pyramid level (the full-resolution cost volume) instead of four |
 # | w/o Iteration | `iterations=1` | one pass of the iterator (Table I's "SearchMorph (w/o iter)") |
 #
-# What each variant's iterator receives, and its size:
+# `searchmorph_lite.model.ABLATIONS` holds these switches, name -> config changes, for this chapter and chapter 13.
+# What each variant's iterator receives, and its size (`n_params` counts a module's parameters):
 
 
 # %% tags=["nbval-check-output"]
-def n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-variants = {
-    "SearchMorph": {},
-    "w/o context": {"use_context": False},
-    "w/o search module": {"use_search": False},
-    "w/o corr pyramid": {"use_pyramid": False},
-    "w/o iteration": {"iterations": 1},
-}
 small = torch.rand(1, 1, 64, 64, device=device)
 rows = {}
-for name, flags in variants.items():
+for name, flags in ABLATIONS.items():
     torch.manual_seed(seed)
     v = sm.SearchMorph(sm.SearchMorphConfig(**flags)).to(device).eval()
     with torch.no_grad():
