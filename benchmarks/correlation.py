@@ -1,7 +1,8 @@
 """Benchmark: SearchMorph training-step time and peak memory, all-pairs cost volume vs the lean search.
 
 Each path runs in its own subprocess so its peak resident memory (CPU) or peak allocated memory (CUDA) is its
-own. Usage: ``python benchmarks/correlation.py [--batch 8] [--steps 3] [--size 192 160] [--out results.json]``.
+own (:mod:`benchmarks.memory`). Usage: ``python benchmarks/correlation.py [--batch 8] [--steps 3] [--size 192 160]
+[--out results.json]`` (the ``correlation`` suite of ``python -m benchmarks``).
 """
 
 from __future__ import annotations
@@ -9,47 +10,34 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
-import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def run_one(all_pairs: bool, batch: int, steps: int, size: tuple[int, int], device: str) -> dict:
     """Time ``steps`` training steps (after one warm-up) of one correlation path; return seconds and peak MB."""
     import torch
 
-    from searchmorph_lite import SearchMorph, SearchMorphConfig, grad_l2_loss, lncc_loss
+    from benchmarks.common import timed_calls, training_step
+    from benchmarks.memory import memory_baseline, peak_memory_mb
+    from searchmorph_lite import SearchMorph, SearchMorphConfig
 
     torch.manual_seed(0)
     dev = torch.device(device)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    baseline = memory_baseline(dev)
     model = SearchMorph(SearchMorphConfig(all_pairs=all_pairs)).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     moving = torch.rand(batch, 1, *size, device=dev)
     fixed = torch.rand(batch, 1, *size, device=dev)
-    times = []
-    for step in range(steps + 1):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = model(moving, fixed)
-        loss = lncc_loss(out.warped, fixed) + 2.0 * grad_l2_loss(out.flow)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        if step:  # step 0 warms up
-            times.append(time.perf_counter() - start)
-    if dev.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss
-    return {"all_pairs": all_pairs, "step_seconds": sum(times) / len(times), "peak_mb": peak}
+    step = training_step(model, moving, fixed, alpha=2.0, iteration_weight=0.0)  # eq. 9 on the last field
+    times = timed_calls(lambda _: step(), steps, dev)
+    return {"all_pairs": all_pairs, "step_seconds": sum(times) / len(times), "peak_mb": peak_memory_mb(dev, baseline)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
+    """The two paths' results (also written to ``--out`` as JSON when given)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
@@ -57,7 +45,7 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     parser.add_argument("--out", help="also write the results as JSON here")
     parser.add_argument("--child", choices=["all_pairs", "search_features"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.device is None:
         import torch
 
@@ -65,12 +53,12 @@ def main() -> None:
     if args.child:
         result = run_one(args.child == "all_pairs", args.batch, args.steps, tuple(args.size), args.device)
         print(json.dumps(result))
-        return
+        return result
     results = {}
     for path in ("search_features", "all_pairs"):
         cmd = [
             sys.executable,
-            __file__,
+            str(Path(__file__).resolve()),
             "--child",
             path,
             "--batch",
@@ -108,6 +96,7 @@ def main() -> None:
         from searchmorph_lite.data.common import atomic_write_text
 
         atomic_write_text(args.out, json.dumps(summary, indent=1))
+    return results
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 throughput of the two networks, and the memory of the all-pairs cost volume (eq. 1) versus the lean search (eq. 3).
 
 Writes ``benchmarks/results.json`` and ``benchmarks/results.md`` (included by the book's Benchmarks page), each
-atomically. Every timed method runs in its own subprocess so that its peak memory is its own. Regenerate with
-``python benchmarks/inference.py``; ``--help`` lists the sizes, pair and step counts, device and threads.
+atomically (``--out`` elsewhere). Every timed method runs in its own subprocess so that its peak memory is its own
+(:mod:`benchmarks.memory` measures it). Regenerate with ``python benchmarks/inference.py`` (the ``inference`` suite
+of ``python -m benchmarks``); ``--help`` lists the sizes, pair and step counts, device and threads. Smoke run:
+``--pairs 1 --train-batch 1 --train-steps 1 --memory-sizes 64x48 --size 64 48 --out /tmp/i``.
 """
 
 from __future__ import annotations
@@ -14,30 +16,21 @@ import importlib.util
 import json
 import os
 import platform
-import resource
-import shlex
 import statistics
 import subprocess
 import sys
-import time
-import weakref
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
-HERE = Path(__file__).resolve().parent
-# Benchmark this checkout's library, whether searchmorph_lite is installed or not (or installed from elsewhere).
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import searchmorph_lite as sm  # noqa: E402
+from benchmarks.common import HERE, command, timed_calls, training_step, write_results  # noqa: E402
+from benchmarks.memory import MAX_REAL_VOLUME_BYTES, MB, memory_baseline, memory_row, peak_memory_mb  # noqa: E402
 from searchmorph_lite.data import load_dataset  # noqa: E402
-from searchmorph_lite.data.common import atomic_write_text  # noqa: E402
-from searchmorph_lite.train import TrainConfig, registration_loss_all  # noqa: E402
 
 NETWORKS = ("SearchMorph", "VoxelMorph")
 METHODS = (*NETWORKS, "ANTs SyN")
@@ -45,8 +38,6 @@ PRETRAINED = {"SearchMorph": "brain2d", "VoxelMorph": "brain2d-voxelmorph"}
 DEFAULT_CONFIG = {"SearchMorph": {"radius": 3, "iterations": 4}, "VoxelMorph": {}}
 CHILD_TASKS = tuple(f"inference/{m}" for m in METHODS) + tuple(f"training/{n}" for n in NETWORKS)
 DEFAULT_MEMORY_SIZES = ((64, 48), (96, 80), (128, 96), (192, 160), (256, 224))
-MAX_REAL_VOLUME_BYTES = 512 * 2**20  # build the all-pairs volume for real (to check the formula) below this
-MB = 2**20
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -60,36 +51,6 @@ def parse_size(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"sizes are written HxW, e.g. 192x160; got {text!r}") from None
     return h, w
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work so wall-clock times cover it (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def max_rss_bytes() -> int:
-    """Peak resident set size of this process so far, in bytes (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024
-
-
-def memory_baseline(device: torch.device) -> int:
-    """Reference for :func:`peak_memory_mb`: peak RSS now (CPU), or 0 after resetting CUDA's peak counter."""
-    if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        return 0
-    return max_rss_bytes()
-
-
-def peak_memory_mb(device: torch.device, baseline: int) -> float:
-    """MB: CUDA's max_memory_allocated since the baseline, or the rise of peak RSS over it (CPU and others)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / MB
-    return (max_rss_bytes() - baseline) / MB
 
 
 def load_network(kind: str, pretrained: bool, device: torch.device) -> nn.Module:
@@ -118,19 +79,6 @@ def load_pairs(
 # Children: one method each, run in their own process
 
 
-def time_calls(step: Callable[[int], object], repeats: int, device: torch.device) -> list[float]:
-    """Seconds of ``step(i)`` for i = 1..repeats, after the warm-up ``step(0)``."""
-    times = []
-    for i in range(repeats + 1):
-        synchronize(device)
-        start = time.perf_counter()
-        step(i)
-        synchronize(device)
-        if i:
-            times.append(time.perf_counter() - start)
-    return times
-
-
 def child_inference(method: str, size: tuple[int, int], pairs: int, device: torch.device, pretrained: bool) -> dict:
     """Per-pair seconds and peak MB of ``method`` registering ``pairs`` test pairs (B=1, 1, H, W), one warm-up."""
     data = load_pairs("test", pairs + 1, size)
@@ -154,7 +102,7 @@ def child_inference(method: str, size: tuple[int, int], pairs: int, device: torc
         run_device = device
     baseline = memory_baseline(run_device)
     with torch.no_grad():
-        times = time_calls(run, pairs, run_device)
+        times = timed_calls(run, pairs, run_device)
     return {
         "method": method,
         **info,
@@ -171,17 +119,9 @@ def child_training(
     """Pairs/s and peak MB of ``steps`` Adam steps on eq. 9 (LNCC, alpha 2) with batches (batch, 1, H, W)."""
     moving, fixed = (x.to(device) for x in load_pairs("train", 1, size, batch)[0])
     model = load_network(kind, pretrained, device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    cfg = TrainConfig(model=kind, similarity="lncc", alpha=2.0)
-
-    def step(_: int) -> None:
-        loss = registration_loss_all(model(moving, fixed), moving, fixed, cfg)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
+    step = training_step(model, moving, fixed, alpha=2.0)
     baseline = memory_baseline(device)
-    times = time_calls(step, steps, device)
+    times = timed_calls(lambda _: step(), steps, device)
     return {
         "model": kind,
         "device": str(device),
@@ -229,115 +169,6 @@ def run_child(task: str, args: argparse.Namespace, pretrained: dict[str, bool]) 
     if proc.returncode != 0:
         raise SystemExit(f"{task} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Correlation memory: shapes, formulas, and a check against real tensors
-
-
-class LiveTensorBytes(TorchDispatchMode):
-    """Peak bytes of tensor storages alive at once among those created inside the ``with`` block.
-
-    Every aten op's outputs are seen; a storage counts from its first output until no tensor viewing it is alive.
-    Views of tensors made outside the block (the inputs) are not counted.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self._nbytes: dict[int, int] = {}
-        self._refs: dict[int, list[weakref.ref]] = {}
-
-    def _release(self, key: int) -> None:
-        if key in self._refs and not any(r() is not None for r in self._refs[key]):
-            self.live -= self._nbytes.pop(key)
-            del self._refs[key]
-
-    def __torch_dispatch__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
-        for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor):
-                continue
-            key = t.untyped_storage()._cdata
-            if key not in self._refs:
-                if key in inputs:
-                    continue  # a view of (or in-place write to) a tensor from outside
-                self._nbytes[key] = t.untyped_storage().nbytes()
-                self._refs[key] = []
-                self.live += self._nbytes[key]
-                self.peak = max(self.peak, self.live)
-            self._refs[key].append(weakref.ref(t, lambda _, key=key: self._release(key)))
-        return out
-
-
-def all_pairs_bytes(batch: int, h: int, w: int, levels: int, element_size: int) -> int:
-    """Bytes of the volume (B, h, w, h, w) (eq. 1) plus pyramid levels 1..L-1 (B, h, w, h/2^l, w/2^l).
-
-    Level 0 of ``correlation_pyramid`` is a view of the volume, so it adds nothing.
-    """
-    return element_size * batch * h * w * sum((h >> level) * (w >> level) for level in range(levels))
-
-
-def search_map_bytes(batch: int, h: int, w: int, levels: int, k: int, element_size: int) -> int:
-    """Bytes of the search map (B, L*K, h, w) that both paths hand to the iterator (eq. 3)."""
-    return element_size * batch * levels * k * h * w
-
-
-def distinct_storage_bytes(tensors: list[torch.Tensor]) -> int:
-    """Bytes actually held by ``tensors``, counting storages shared by views once."""
-    return sum({t.untyped_storage()._cdata: t.untyped_storage().nbytes() for t in tensors}.values())
-
-
-def memory_row(model: nn.Module, size: tuple[int, int], device: torch.device) -> dict:
-    """All-pairs vs lean correlation bytes for one image size (B=1), from the model's real feature maps' shape."""
-    cfg = model.config
-    levels, k = model.levels, sm.diamond_offsets(cfg.radius).shape[0]
-    image = torch.zeros(1, cfg.in_channels, *size, device=device)
-    with torch.no_grad():
-        h_m, h_f, _ = model.encoder(image, image)  # h(M), h(F): (1, D, h, w), the encoder's output resolution
-    gen = torch.Generator(device=device).manual_seed(0)
-    h_m = torch.randn(h_m.shape, generator=gen, device=device)
-    h_f = torch.randn(h_f.shape, generator=gen, device=device)
-    _, d, h, w = h_f.shape
-    flow = torch.zeros(1, 2, h, w, device=device)
-    itemsize = h_f.element_size()
-    row: dict[str, Any] = {
-        "image": list(size),
-        "features": [d, h, w],
-        "levels": levels,
-        "search_points": k,
-        "all_pairs_bytes": all_pairs_bytes(1, h, w, levels, itemsize),
-        "search_map_bytes": search_map_bytes(1, h, w, levels, k, itemsize),
-        "all_pairs_checked": False,
-    }
-    with torch.no_grad():
-        lean = LiveTensorBytes()
-        with lean:
-            search = sm.search_features(h_f, h_m, flow, cfg.radius, levels, normalize=cfg.normalize_correlation)
-        row["lean_peak_bytes"] = lean.peak
-        check_bytes("search map", search.numel() * search.element_size(), row["search_map_bytes"], size)
-        del search
-        volume_bytes = itemsize * (h * w) ** 2
-        if volume_bytes < MAX_REAL_VOLUME_BYTES:
-            held = LiveTensorBytes()
-            with held:
-                volume = sm.cost_volume(h_f, h_m, normalize=cfg.normalize_correlation)
-                pyramid = sm.correlation_pyramid(volume, levels)
-            check_bytes("volume + pyramid", distinct_storage_bytes([volume, *pyramid]), row["all_pairs_bytes"], size)
-            row["all_pairs_checked"] = True
-            row["all_pairs_peak_bytes"] = held.peak  # includes transients such as the un-normalized volume
-            del volume, pyramid
-    row["ratio"] = row["all_pairs_bytes"] / row["lean_peak_bytes"]
-    row["ratio_search_map"] = row["all_pairs_bytes"] / row["search_map_bytes"]
-    return row
-
-
-def check_bytes(what: str, measured: int, formula: int, size: tuple[int, int]) -> None:
-    """Raise RuntimeError when a shape formula disagrees with the real tensors."""
-    if measured != formula:
-        raise RuntimeError(f"{what} at {size[0]}x{size[1]}: formula says {formula} bytes, real tensors hold {measured}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -473,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default=None, help="torch device (default: searchmorph_lite.default_device())")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch.set_num_threads (default: all)")
+    parser.add_argument("--out", default=str(HERE / "results"), help="results files (.json, .md; default: %(default)s)")
     parser.add_argument("--child", choices=CHILD_TASKS, help=argparse.SUPPRESS)
     parser.add_argument("--child-pretrained", action="store_true", help=argparse.SUPPRESS)
     return parser
@@ -506,9 +338,10 @@ def settings_of(args: argparse.Namespace) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict | None:
+    """Results written to ``--out``.json and .md (in a ``--child`` process: one measurement, printed as JSON)."""
     parser = build_parser()
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.size = tuple(args.size)
     args.memory_sizes = [tuple(s) for s in args.memory_sizes]
     check_counts(parser, args)
@@ -551,7 +384,7 @@ def main() -> None:
     settings = settings_of(args)
     defaults = settings_of(build_parser().parse_args([]))
     results = {
-        "command": "python benchmarks/inference.py" + "".join(" " + shlex.quote(a) for a in sys.argv[1:]),
+        "command": command("inference.py", argv),
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "hardware": hardware(device, args.threads),
         "settings": settings,
@@ -577,9 +410,9 @@ def main() -> None:
             "all_pairs_vs_search_map_memory": at_size["ratio_search_map"],
         },
     }
-    atomic_write_text(HERE / "results.json", json.dumps(results, indent=1) + "\n")
-    atomic_write_text(HERE / "results.md", markdown(results))
+    write_results(args.out, results, markdown(results))
     print(markdown(results))
+    return results
 
 
 if __name__ == "__main__":

@@ -10,11 +10,13 @@ Brain sets (brain2d-subjects test split, 192 x 160, labels 1-3; never trained or
 Echo set: ``echo clip``, pydicom's real apical four-chamber cine (``echo2d-clip``; ED frame 0 to every frame), no
 labels: scored by NCC (the global Pearson correlation of warped and fixed inside the sector) and folding.
 
-Methods on the same pairs, scored by one function (``searchmorph_lite.scoring.run_method``, as in the book):
-Identity, ANTs SyN (``ants_register``, seeded), the VoxelMorph baseline, the SearchMorph network alone, and the
-network + ``--refine`` steps (``register(..., refine_steps=N)``). ``--iterations`` adds the iteration sweep of the
-network (issue 12, part 5).
-Torch and ITK use the same ``--threads``; run it on an idle machine. Writes ``benchmarks/transfer_results.{json,md}``.
+Methods on the same pairs, scored by one function and timed taking turns pair by pair
+(``searchmorph_lite.scoring.run_methods``, as in the book): Identity, ANTs SyN (``ants_register``, seeded), the
+VoxelMorph baseline, the SearchMorph network alone, and the network + ``--refine`` steps (``register(...,
+refine_steps=N)``). ``--iterations`` adds the iteration sweep of the network (issue 12, part 5), in the same turns.
+The networks see the images as every suite shows them (``benchmarks.common.network``: ``normalize=False``).
+Torch and ITK use the same ``--threads``; run it on an idle machine. Writes ``benchmarks/transfer_results.{json,md}``
+(the ``transfer`` suite of ``python -m benchmarks``).
 ``--sets`` reruns only the named sets (e.g. ``--sets "echo clip"`` after retraining the echo models) and merges them
 into the existing results; each set records the command, threads and load it was measured with.
 Smoke run: ``python benchmarks/transfer.py --pairs 2 --refine 10 --out /tmp/t``.
@@ -25,15 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shlex
 import sys
 from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import HERE, command, load_model, machine, network, set_threads, write_results  # noqa: E402
 
 LABELS = (1, 2, 3)  # CSF and other brain, grey matter, white matter
 BRAIN_SETS = {
@@ -47,18 +48,11 @@ BRAIN_SETS = {
 def methods(kind: str, refine: list[int], runs: dict, provenance: dict | None = None) -> tuple[dict, object]:
     """({name: method}, SearchMorph) for brain or echo: Identity, ANTs SyN, VoxelMorph, SearchMorph (+ refinement).
 
-    ``provenance`` (if given) receives each network's one-line card (``searchmorph_lite.provenance.describe``).
-
-    The networks see the datasets' images as in training (``normalize=False``: they are scaled already)."""
-    import searchmorph_lite as sm
-    from searchmorph_lite.scoring import ants_method, identity_method, network_method
-
-    def load(name: str):
-        path = runs.get(name)
-        return sm.load_checkpoint(path, device="cpu") if path else sm.load_pretrained(name, device="cpu")
+    ``provenance`` (if given) receives each network's one-line card (``searchmorph_lite.provenance.describe``)."""
+    from searchmorph_lite.scoring import ants_method, identity_method
 
     base = "brain2d" if kind == "brain" else "echo2d"
-    vm, smodel = load(f"{base}-voxelmorph"), load(base)
+    vm, smodel = load_model(f"{base}-voxelmorph", runs.get(f"{base}-voxelmorph")), load_model(base, runs.get(base))
     if provenance is not None:
         from searchmorph_lite.provenance import card_of, describe
 
@@ -68,12 +62,17 @@ def methods(kind: str, refine: list[int], runs: dict, provenance: dict | None = 
     out = {
         "Identity": identity_method,
         "ANTs SyN": ants_method("SyN", seed=1),
-        "VoxelMorph": network_method(vm, normalize=False),
-        "SearchMorph": network_method(smodel, normalize=False),
+        "VoxelMorph": network(vm),
+        "SearchMorph": network(smodel),
     }
     for n in refine:
-        out[f"SearchMorph + {n} refinement steps"] = network_method(smodel, normalize=False, refine_steps=n)
+        out[f"SearchMorph + {n} refinement steps"] = network(smodel, refine_steps=n)
     return out, smodel
+
+
+def means(row: dict) -> str:
+    """A result's means as "dice 0.8123, ncc 0.9000, ..."."""
+    return ", ".join(f"{k[:-5]} {v:.4f}" for k, v in row.items() if k.endswith("_mean"))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -92,27 +91,25 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sets", nargs="+", choices=every, default=every, metavar="SET", help=f"{what}; {every}")
     args = parser.parse_args(argv)
     from searchmorph_lite.data import load_dataset
-    from searchmorph_lite.data.common import atomic_write_text
-    from searchmorph_lite.scoring import network_method, run_method
+    from searchmorph_lite.scoring import run_methods
 
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    set_threads(args.threads)
+    stored = Path(f"{args.out}.json")
     if args.markdown_only:
-        if not out.with_suffix(".json").is_file():
-            parser.error(f"--markdown-only: no results at {out.with_suffix('.json')} (run the benchmark first)")
-        atomic_write_text(out.with_suffix(".md"), markdown(json.loads(out.with_suffix(".json").read_text())))
+        if not stored.is_file():
+            parser.error(f"--markdown-only: no results at {stored} (run the benchmark first)")
+        from searchmorph_lite.data.common import atomic_write_text
+
+        atomic_write_text(f"{args.out}.md", markdown(json.loads(stored.read_text())))
         return {}
     runs = dict(args.run)
-    command = shlex.join(["python", "benchmarks/transfer.py", *(argv if argv is not None else sys.argv[1:])])
     partial = set(args.sets) != set(every)
-    if partial and not out.with_suffix(".json").is_file():
-        parser.error(f"--sets: no earlier results at {out.with_suffix('.json')} to merge into (run all sets first)")
+    if partial and not stored.is_file():
+        parser.error(f"--sets: no earlier results at {stored} to merge into (run all sets first)")
     measured = {"threads": args.threads, "load_at_start": os.getloadavg()[0], "torch": torch.__version__,
-                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-                "command": command}  # fmt: skip
+                "machine": machine(), "command": command("transfer.py", argv)}  # fmt: skip
     if partial:
-        results = json.loads(out.with_suffix(".json").read_text())
+        results = json.loads(stored.read_text())
     else:
         results = {**measured, "models": {}, "sets": {}, "iterations": {}}
     sets = {name: ("brain", opts) for name, opts in BRAIN_SETS.items()}
@@ -125,25 +122,20 @@ def main(argv: list[str] | None = None) -> dict:
             data = load_dataset("echo2d-clip", "test")
         pairs = [data[i] for i in range(len(data))]
         table, model = methods(kind, args.refine, runs, results["models"])
+        sweep = {f"SearchMorph, {n} iterations": network(model, iterations=n) for n in args.iterations}
+        rows = run_methods({**table, **sweep}, pairs, labels=LABELS if kind == "brain" else None)
         results["sets"][set_name] = {"kind": kind, "pairs": len(pairs), "methods": {}, "measured": measured}
         results["iterations"].pop(set_name, None)
-        for name, method in table.items():
-            row = run_method(method, pairs, labels=LABELS if kind == "brain" else None)
-            results["sets"][set_name]["methods"][name] = row
-            print(f"{set_name:<18} {name:<36} " + ", ".join(
-                f"{k[:-5]} {v:.4f}" for k, v in row.items() if k.endswith("_mean")), flush=True)  # fmt: skip
-        for n in args.iterations:
-            method = network_method(model, normalize=False, iterations=n)
-            row = run_method(method, pairs, labels=LABELS if kind == "brain" else None)
-            results["iterations"].setdefault(set_name, {})[str(n)] = row
-            print(f"{set_name:<18} SearchMorph, {n} iterations: " + ", ".join(
-                f"{k[:-5]} {v:.4f}" for k, v in row.items() if k.endswith("_mean")), flush=True)  # fmt: skip
+        for name in table:
+            results["sets"][set_name]["methods"][name] = rows[name]
+            print(f"{set_name:<18} {name:<36} {means(rows[name])}", flush=True)
+        for n, name in zip(args.iterations, sweep):
+            results["iterations"].setdefault(set_name, {})[str(n)] = rows[name]
+            print(f"{set_name:<18} {name}: {means(rows[name])}", flush=True)
     measured["load_at_end"] = os.getloadavg()[0]
     if not partial:
         results["load_at_end"] = measured["load_at_end"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out.with_suffix(".json"), json.dumps(results, indent=1) + "\n")
-    atomic_write_text(out.with_suffix(".md"), markdown(results))
+    write_results(args.out, results, markdown(results))
     print(markdown(results))
     return results
 

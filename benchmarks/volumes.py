@@ -5,7 +5,8 @@ files the way real scans arrive: the fixed volume in RAS at 2 mm, the moving vol
 axis order with flips (a random one per pair, seeded) and its own field of view. Every method registers the files,
 carries the moving labels onto the fixed grid, and is scored by the same code: mean Dice over the three tissues
 against the fixed labels, % folding of the composed transform (det of its Jacobian on the fixed grid <= 0), and
-the wall seconds of the registration (reading the files included, one thread, methods interleaved pair by pair).
+the wall seconds of the registration (reading the files included, one thread, methods taking turns pair by pair in
+a rotating order after one untimed run each: ``searchmorph_lite.scoring.interleave``, as every suite times).
 
 Methods: ``identity`` (the headers alone), ANTs ``Affine`` and ``SyN`` (``type_of_transform="SyN"``: its own
 rigid + affine + SyN stages), and through ``searchmorph_lite.register_images`` the affine stage alone, the models
@@ -14,26 +15,27 @@ model's recommendation by default). ``--axis-orders 2`` also registers every pai
 file in another axis order and reports the largest Dice change (the pipeline should not care).
 
 Sets: ``test`` (brain3d's test control grids and contrasts), ``2x deformation`` and ``T1 only``. Run on an idle
-machine (no training beside it): ``python benchmarks/volumes.py`` writes benchmarks/volumes_results.{json,md}.
+machine (no training beside it): ``python benchmarks/volumes.py`` (the ``volumes`` suite of ``python -m
+benchmarks``) writes benchmarks/volumes_results.{json,md}. Smoke run: ``--pairs 1 --sets test --refine 2 --out
+/tmp/v``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import HERE, command, machine, set_threads, write_results  # noqa: E402
+
 SETS = {"test": {}, "2x deformation": {"max_displacement": 10.0}, "T1 only": {"contrast": "t1"}}
-HERE = Path(__file__).resolve().parent
 
 
 def brain3d_affine(shape) -> np.ndarray:
@@ -105,53 +107,80 @@ def folding_of(displacement_vox: np.ndarray) -> float:
     return float(folding_ratio(torch.from_numpy(np.ascontiguousarray(displacement_vox))[None])[0])
 
 
-def run_identity(paths: dict) -> tuple[np.ndarray, float, float]:
-    """(moving labels on the fixed grid through the two headers alone, 0 % folding, seconds)."""
+def run_identity(paths: dict) -> tuple[np.ndarray, Callable[[], float]]:
+    """(moving labels on the fixed grid through the two headers alone, its % folding: 0)."""
     import torch
 
     from searchmorph_lite.affine import sample_world, world_grid
     from searchmorph_lite.pipeline import as_image
 
-    start = time.perf_counter()
     fixed = as_image(paths["fixed"], 3, "fixed")
     labels = as_image(paths["moving_labels"], 3, "labels")
     points = world_grid(fixed.data.shape, torch.tensor(fixed.affine))
     out = sample_world(torch.tensor(labels.data)[None], torch.tensor(labels.affine), points, mode="nearest")[0]
-    return out.numpy(), 0.0, time.perf_counter() - start
+    return out.numpy(), lambda: 0.0
 
 
-def run_ours(paths: dict, model, stage: str, refine) -> tuple[np.ndarray, float, float]:
-    """(carried labels, % folding, seconds) of register_images on the files."""
+def run_ours(paths: dict, model, stage: str, refine) -> tuple[np.ndarray, Callable[[], float]]:
+    """(carried labels, its % folding, computed when called: untimed) of register_images on the files."""
     from searchmorph_lite.pipeline import register_images
 
-    start = time.perf_counter()
     reg = register_images(paths["moving"], paths["fixed"], model, stage=stage, refine_steps=refine)
     labels = reg.apply(paths["moving_labels"], labels=True)
-    seconds = time.perf_counter() - start
-    lin = reg.fixed.affine[:3, :3]
-    vox = np.linalg.solve(lin, reg.displacement.reshape(3, -1)).reshape(reg.displacement.shape)
-    return labels, folding_of(vox), seconds
+
+    def folding() -> float:
+        lin = reg.fixed.affine[:3, :3]
+        return folding_of(np.linalg.solve(lin, reg.displacement.reshape(3, -1)).reshape(reg.displacement.shape))
+
+    return labels, folding
 
 
-def run_ants(paths: dict, transform: str) -> tuple[np.ndarray, float, float]:
-    """(carried labels, % folding of the SyN warp (nan for Affine), seconds) of ANTs on the files."""
+def run_ants(paths: dict, transform: str) -> tuple[np.ndarray, Callable[[], float]]:
+    """(carried labels, % folding of the SyN warp (nan for Affine), computed when called: untimed) of ANTs on the
+    files."""
     import ants
 
-    start = time.perf_counter()
     fixed, moving = ants.image_read(str(paths["fixed"])), ants.image_read(str(paths["moving"]))
     reg = ants.registration(fixed, moving, type_of_transform=transform, random_seed=1)
     labels = ants.apply_transforms(fixed, ants.image_read(str(paths["moving_labels"])), reg["fwdtransforms"],
                                    interpolator="nearestNeighbor").numpy()  # fmt: skip
-    seconds = time.perf_counter() - start
-    folding = float("nan")
-    warps = [t for t in reg["fwdtransforms"] if t.endswith(".nii.gz")]
-    if warps:
-        jac = ants.create_jacobian_determinant_image(fixed, warps[0]).numpy()
-        folding = float(100 * (jac <= 0).mean())
-    return labels, folding, seconds
+
+    def folding() -> float:
+        warps = [t for t in reg["fwdtransforms"] if t.endswith(".nii.gz")]
+        if not warps:
+            return float("nan")
+        return float(100 * (ants.create_jacobian_determinant_image(fixed, warps[0]).numpy() <= 0).mean())
+
+    return labels, folding
+
+
+def methods_of(models: dict, refine) -> dict[str, Callable]:
+    """{name: method(paths) -> (labels, folding)}: identity, ANTs Affine and SyN, the affine stage, each model
+    alone, and each SearchMorph + ``refine`` steps."""
+    out = {
+        "identity": run_identity,
+        "ANTs Affine": lambda paths: run_ants(paths, "Affine"),
+        "ANTs SyN": lambda paths: run_ants(paths, "SyN"),
+        "affine stage": lambda paths: run_ours(paths, None, "affine", 0),
+    }
+    for name, model in models.items():
+        out[name] = lambda paths, model=model: run_ours(paths, model, "full", 0)
+        if type(model).__name__ == "SearchMorph":
+            out[f"{name} + refine {refine}"] = lambda paths, model=model: run_ours(paths, model, "full", refine)
+    return out
+
+
+def score(method: str, pair: dict, output: tuple, seconds: float) -> dict:
+    """{"dice", "folding", "seconds"} of a method's (labels, folding) on a written ``pair`` (interleave's keep)."""
+    labels, folding = output
+    row = {"dice": tissue_dice(labels, pair["reference"]), "folding": folding(), "seconds": seconds}
+    print(f"{pair['set']} pair {pair['index']} {method}: Dice {row['dice']:.3f}, folding {row['folding']:.3f} %, "
+          f"{seconds:.1f} s", flush=True)  # fmt: skip
+    return row
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Results written to ``--out``.json and .md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=4, help="pairs per set")
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
@@ -162,57 +191,42 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(HERE / "volumes_results"))
     args = parser.parse_args(argv)
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
+    set_threads(args.threads)
     import nibabel as nib
-    import torch
 
     import searchmorph_lite as sm
     from searchmorph_lite.data import load_dataset
+    from searchmorph_lite.scoring import interleave
 
-    torch.set_num_threads(args.threads)
     refine = args.refine if args.refine == "auto" else int(args.refine)
     models = {name: sm.load_pretrained(name, device="cpu") for name in args.models}
-    methods = ["identity", "ANTs Affine", "ANTs SyN", "affine stage"]
-    for name, model in models.items():
-        methods.append(name)
-        if type(model).__name__ == "SearchMorph":
-            methods.append(f"{name} + refine {refine}")
-    results: dict = {"sets": {}, "command": " ".join(["python benchmarks/volumes.py", *(argv or sys.argv[1:])]),
-                     "threads": args.threads, "machine": platform.processor() or platform.machine(),
-                     "load_before": os.getloadavg()[0]}  # fmt: skip
+    methods = methods_of(models, refine)
+    results: dict = {"sets": {}, "command": command("volumes.py", argv), "threads": args.threads,
+                     "machine": machine(), "load_before": os.getloadavg()[0]}  # fmt: skip
     rng = np.random.default_rng(0)
-    for set_name in args.sets:
+    for k, set_name in enumerate(args.sets):
         data = load_dataset("brain3d", "test", voxel_mm=2, **SETS[set_name])
-        rows = {m: [] for m in methods}
         order_change = []
-        for index in range(min(args.pairs, len(data))):
-            item = data[index]
-            with tempfile.TemporaryDirectory() as tmp:
-                paths = write_pair(item, Path(tmp), rng, args.moving_mm)
-                reference = np.asarray(nib.load(paths["fixed_labels"]).dataobj)
-                for method in methods:
-                    if method == "identity":
-                        out = run_identity(paths)
-                    elif method.startswith("ANTs"):
-                        out = run_ants(paths, method.split()[1])
-                    elif method == "affine stage":
-                        out = run_ours(paths, None, "affine", 0)
-                    else:
-                        name = method.split(" + ")[0]
-                        out = run_ours(paths, models[name], "full", refine if " + refine" in method else 0)
-                    labels, folding, seconds = out
-                    rows[method].append({"dice": tissue_dice(labels, reference), "folding": folding,
-                                         "seconds": seconds})  # fmt: skip
-                    print(f"{set_name} pair {index} {method}: Dice {rows[method][-1]['dice']:.3f}, folding "
-                          f"{folding:.3f} %, {seconds:.1f} s", flush=True)  # fmt: skip
-                if args.axis_orders == 2:
-                    perm, flips = paths["order"]
+        with tempfile.TemporaryDirectory() as tmp:
+            pairs = []
+            for index in range(min(args.pairs, len(data))):
+                (Path(tmp) / str(index)).mkdir()
+                paths = write_pair(data[index], Path(tmp) / str(index), rng, args.moving_mm)
+                pairs.append({"set": set_name, "index": index, "paths": paths,
+                              "reference": np.asarray(nib.load(paths["fixed_labels"]).dataobj)})  # fmt: skip
+
+            # one untimed run of each method before the first set's pairs: ITK's and torch's start-up
+            rows = interleave(methods, pairs, inputs=lambda pair: (pair["paths"],), keep=score, warmup=k == 0)
+            if args.axis_orders == 2:
+                name = args.models[0]
+                for pair, row in zip(pairs, rows[name]):
+                    perm, flips = pair["paths"]["order"]
                     other = (tuple(np.roll(perm, 1)), tuple(not f for f in flips))
-                    (Path(tmp) / "b").mkdir()
-                    paths2 = write_pair(item, Path(tmp) / "b", rng, args.moving_mm, other)
-                    name = args.models[0]
-                    labels, _, _ = run_ours(paths2, models[name], "full", 0)
-                    order_change.append(abs(tissue_dice(labels, reference) - rows[name][-1]["dice"]))
+                    folder = Path(tmp) / f"{pair['index']}b"
+                    folder.mkdir()
+                    paths2 = write_pair(data[pair["index"]], folder, rng, args.moving_mm, other)
+                    labels, _ = run_ours(paths2, models[name], "full", 0)
+                    order_change.append(abs(tissue_dice(labels, pair["reference"]) - row["dice"]))
         summary = {}
         for method, r in rows.items():
             dice = np.array([x["dice"] for x in r])
@@ -224,13 +238,12 @@ def main(argv: list[str] | None = None) -> dict:
                 "per_pair": r,
             }
         results["sets"][set_name] = {
-            "pairs": len(rows[methods[0]]),
+            "pairs": len(pairs),
             "methods": summary,
             "axis_order_dice_change_max": max(order_change) if order_change else None,
         }
     results["load_after"] = os.getloadavg()[0]
-    Path(args.out + ".json").write_text(json.dumps(results, indent=1) + "\n")
-    Path(args.out + ".md").write_text(markdown(results))
+    write_results(args.out, results, markdown(results))
     print(markdown(results))
     return results
 

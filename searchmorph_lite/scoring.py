@@ -9,12 +9,14 @@ inside a mask) and :func:`rms_local_ncc` (the root of the mean squared local NCC
   field the same way, whatever produced it: a network through ``register``, ANTs through ``ants_register``, or the
   identity (chapters 11 and 12, the benchmarks). A method is any callable ``method(moving, fixed) -> flow`` on
   numpy images (*S) returning a field (ndim, *S) in pixels (``warp(moving, flow)`` samples moving at p + flow(p)).
+* :func:`run_methods` does the same for several methods at once, taking turns pair by pair (:func:`interleave`) so
+  that a drift in the machine's speed lands on every method alike; :func:`run_method` is its one-method case.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -155,29 +157,82 @@ def _check_model_fits(model: nn.Module, image: torch.Tensor) -> None:
         )
 
 
+def interleave(
+    methods: Mapping[str, Callable],
+    items: Sequence,
+    inputs: Callable[[object], tuple] = lambda item: (item,),
+    keep: Callable[[str, object, object, float], object] = lambda name, item, output, seconds: (output, seconds),
+    warmup: bool = True,
+) -> dict[str, list]:
+    """{name: [keep(name, item, output, seconds) for each item]}: every method timed on every item, taking turns.
+
+    On item i the methods run in their order rotated by i (A B C, B C A, C A B, ...), so that a drift in the
+    machine's speed (another job starting, a CPU warming up) lands on every method alike, and no method always
+    runs first or right after the same neighbour. ``method(*inputs(item))`` is timed (wall seconds; ``inputs``
+    and ``keep`` are not), ``keep`` turns its output into what is stored, right away, so that outputs need not be
+    held. With ``warmup`` each method first runs once on the first item, untimed and not kept, so that one-off
+    costs (imports, the allocator, ITK's start-up) do not land on the first item's time.
+    """
+    names = list(methods)
+    if warmup and len(items):
+        for name in names:
+            methods[name](*inputs(items[0]))
+    out: dict[str, list] = {name: [] for name in names}
+    for i, item in enumerate(items):
+        args = inputs(item)
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            start = time.perf_counter()
+            output = methods[name](*args)
+            seconds = time.perf_counter() - start
+            out[name].append(keep(name, item, output, seconds))
+    return out
+
+
+def _images(pair: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(moving, fixed) (*S) of a dataset pair as numpy arrays: what a method takes."""
+    return pair["moving"][0].numpy(), pair["fixed"][0].numpy()
+
+
+def run_methods(
+    methods: Mapping[str, Method],
+    pairs: Sequence[dict],
+    labels: Sequence[int] | None = None,
+    warmup: bool = True,
+    extra: Callable[[dict, np.ndarray], dict] | None = None,
+) -> dict[str, dict]:
+    """{name: {"pairs", "per_pair": [score_flow row + extra + "seconds"], "<key>_mean" per scalar score}}.
+
+    The methods take turns pair by pair (:func:`interleave`, with its untimed ``warmup``); each field is scored by
+    :func:`score_flow` with ``labels``, and ``extra(pair, flow)`` (if given) adds its entries to the row, e.g. the
+    det J of every pixel. Means are taken of the float entries.
+    """
+    if len(pairs) == 0:
+        raise ValueError("run_method needs at least one pair")
+    if len(methods) == 0:
+        raise ValueError("run_methods needs at least one method")
+
+    def keep(name: str, pair: dict, flow, seconds: float) -> dict:
+        flow = np.asarray(flow)
+        return {**score_flow(pair, flow, labels), **(extra(pair, flow) if extra else {}), "seconds": seconds}
+
+    rows = interleave(methods, pairs, inputs=_images, keep=keep, warmup=warmup)
+    out = {}
+    for name, per_pair in rows.items():
+        out[name] = {"pairs": len(per_pair), "per_pair": per_pair}
+        for key, value in per_pair[0].items():
+            if isinstance(value, float):
+                out[name][f"{key}_mean"] = float(np.mean([r[key] for r in per_pair]))
+    return out
+
+
 def run_method(method: Method, pairs: Sequence[dict], labels: Sequence[int] | None = None, warmup: bool = True) -> dict:
     """{"per_pair": [score_flow rows + "seconds"], "<key>_mean" for every scalar score, "pairs"}.
 
     Each pair's moving and fixed images go to ``method`` as numpy arrays; "seconds" is its wall time. With
     ``warmup`` the method first runs once on the first pair, untimed, so that one-off costs (imports, allocator,
-    ITK start-up) do not land on the first pair's time.
+    ITK start-up) do not land on the first pair's time. :func:`run_methods` with one method.
     """
-    if len(pairs) == 0:
-        raise ValueError("run_method needs at least one pair")
-    if warmup:
-        method(pairs[0]["moving"][0].numpy(), pairs[0]["fixed"][0].numpy())
-    rows = []
-    for pair in pairs:
-        m, f = pair["moving"][0].numpy(), pair["fixed"][0].numpy()
-        start = time.perf_counter()
-        flow = np.asarray(method(m, f))
-        seconds = time.perf_counter() - start
-        rows.append({**score_flow(pair, flow, labels), "seconds": seconds})
-    out: dict = {"pairs": len(rows), "per_pair": rows}
-    for key, value in rows[0].items():
-        if isinstance(value, float):
-            out[f"{key}_mean"] = float(np.mean([r[key] for r in rows]))
-    return out
+    return run_methods({"method": method}, pairs, labels, warmup)["method"]
 
 
 def network_method(model, **register_kwargs) -> Method:

@@ -13,7 +13,9 @@ highest mean Dice whose mean folding stays at most ``--max-folding`` % (ties: fe
 ``--out`` (JSON), which ``ship_pretrained.py --refinement`` records on the model card.
 
 Example: ``python training/choose_refinement.py --checkpoint searchmorph_lite/pretrained/brain2d.pt --out
-training/refinement_brain2d.json``. No timing here: ``benchmarks/refine_time.py`` times the choice against SyN.
+training/refinement_brain2d.json``. This is the tuner; ``benchmarks/refine_time.py`` (the ``refine`` suite of
+``python -m benchmarks``) is only a report that times its refinement against SyN with the same methods and the same
+scoring loop (:func:`score_sets`, on ``searchmorph_lite.scoring.run_methods``). No timing here.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import itertools
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import network  # noqa: E402  (the benchmarks' one normalize)
+
+IN_DISTRIBUTION = "validation (in distribution)"
 # validation sets per training dataset: name -> options on top of the run's validation options
 OOD_SETS = {
     "brain2d-subjects": {
@@ -50,21 +56,78 @@ OOD_SETS = {
 }
 
 
-def validation_sets(train_config: dict, pairs: int) -> dict[str, list[dict]]:
-    """{set name: pairs} for a run's validation split and its out-of-distribution variants."""
-    from searchmorph_lite.data import load_dataset
+def set_options(train_config: dict, out_of_distribution: bool = True) -> dict[str, dict]:
+    """{set name: ``load_dataset`` options} for a run's validation split and (``out_of_distribution``) its
+    out-of-distribution variants."""
     from searchmorph_lite.train import validation_options
 
-    dataset = train_config["dataset"]
     base = validation_options(train_config.get("dataset_options", {}), train_config.get("val_options", {}))
-    sets = {"validation (in distribution)": base}
-    for name, extra in OOD_SETS.get(dataset, {}).items():
+    sets = {IN_DISTRIBUTION: base}
+    for name, extra in OOD_SETS.get(train_config["dataset"], {}).items() if out_of_distribution else ():
         sets[name] = {**base, **extra}
+    return sets
+
+
+def load_sets(dataset: str, options: dict[str, dict], pairs: int, split: str = "val") -> dict[str, list[dict]]:
+    """{set name: the first ``pairs`` pairs of ``dataset``'s ``split`` with that set's options}."""
+    from searchmorph_lite.data import load_dataset
+
     out = {}
-    for name, options in sets.items():
-        data = load_dataset(dataset, "val", **{**options, "num_pairs": pairs})
+    for name, opts in options.items():
+        data = load_dataset(dataset, split, **{**opts, "num_pairs": pairs})
         out[name] = [data[i] for i in range(min(pairs, len(data)))]
     return out
+
+
+def validation_sets(train_config: dict, pairs: int) -> dict[str, list[dict]]:
+    """{set name: pairs} for a run's validation split and its out-of-distribution variants."""
+    return load_sets(train_config["dataset"], set_options(train_config), pairs)
+
+
+def refinement_method(model, steps: int, lr: float | None = None, levels: int | None = None) -> Callable:
+    """method(moving, fixed) -> flow of ``model`` + ``steps`` refinement steps of about ``lr`` pixels on ``levels``
+    pyramid levels (None: the model's own, from its metadata); 0 steps is the network alone."""
+    run = network(model, refine_steps=steps)
+    if lr is None and levels is None:
+        return run
+    chosen = {k: v for k, v in (("refine_lr", lr), ("refine_levels", levels)) if v is not None}
+
+    def method(moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+        saved = {k: model.metadata[k] for k in chosen if k in model.metadata}
+        model.metadata.update(chosen)  # register reads the refinement's settings from the model's metadata
+        try:
+            return run(moving, fixed)
+        finally:
+            for k in chosen:
+                model.metadata.pop(k)
+            model.metadata.update(saved)
+
+    return method
+
+
+def score_sets(methods: dict[str, Callable], sets: dict[str, list[dict]], warmup: bool = False) -> dict[str, dict]:
+    """{method: {set: ``run_methods`` result}}: every method on every set's pairs, taking turns pair by pair (the
+    timing report warms up first; the tuner needs no times)."""
+    from searchmorph_lite.scoring import run_methods
+
+    out: dict[str, dict] = {name: {} for name in methods}
+    for set_name, pairs in sets.items():
+        for name, result in run_methods(methods, pairs, warmup=warmup).items():
+            out[name][set_name] = result
+        print(f"{set_name}: {len(methods)} methods on {len(pairs)} pairs scored", flush=True)
+    return out
+
+
+def set_means(by_set: dict[str, dict]) -> dict:
+    """{set: {"dice", "folding"} (means over its pairs), "dice", "folding" (means over the sets, each weighted
+    equally)} of one method's :func:`score_sets` entry."""
+    row = {
+        name: {k: float(np.nanmean([r[k] for r in result["per_pair"]])) for k in ("dice", "folding")}
+        for name, result in by_set.items()
+    }
+    row["dice"] = float(np.mean([row[n]["dice"] for n in by_set]))
+    row["folding"] = float(np.mean([row[n]["folding"] for n in by_set]))
+    return row
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -83,35 +146,22 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--pairs, --steps and --levels must be >= 1 and every lr > 0")
     torch.set_num_threads(args.threads)
     import searchmorph_lite as sm
-    from searchmorph_lite.scoring import score_flow
 
     model = sm.load_checkpoint(args.checkpoint, device="cpu")
     tc = model.metadata["train_config"]
     sets = validation_sets(tc, args.pairs)
     start = time.perf_counter()
-
-    def scores(**register_kwargs) -> dict:
-        row = {}
-        for name, pairs in sets.items():
-            rows = []
-            for p in pairs:
-                _, flow = sm.register(p["moving"][0], p["fixed"][0], model, normalize=False, **register_kwargs)
-                rows.append(score_flow(p, flow))
-            row[name] = {k: float(np.nanmean([r[k] for r in rows])) for k in ("dice", "folding")}
-        row["dice"] = float(np.mean([row[n]["dice"] for n in sets]))
-        row["folding"] = float(np.mean([row[n]["folding"] for n in sets]))
-        return row
-
-    saved = {k: model.metadata.get(k) for k in ("refine_lr", "refine_levels")}
-    network = scores()
+    grid = list(dict.fromkeys(itertools.product(args.lrs, args.levels, args.steps)))  # each setting once
+    methods = {"network": refinement_method(model, 0)}
+    for lr, levels, steps in grid:
+        methods[f"lr {lr:g} px, {levels} levels, {steps:3d} steps"] = refinement_method(model, steps, lr, levels)
+    scored = score_sets(methods, sets)
+    network_row = set_means(scored.pop("network"))
     settings = []
-    for lr, levels, steps in itertools.product(args.lrs, args.levels, args.steps):
-        model.metadata["refine_lr"], model.metadata["refine_levels"] = lr, levels
-        row = {"lr": lr, "levels": levels, "steps": steps, **scores(refine_steps=steps)}
-        settings.append(row)
-        print(f"lr {lr:g} px, {levels} levels, {steps:3d} steps: mean Dice {row['dice']:.4f} (network "
-              f"{network['dice']:.4f}), % folding {row['folding']:.3f}", flush=True)  # fmt: skip
-    model.metadata.update(saved)
+    for (lr, levels, steps), name in zip(grid, scored):
+        settings.append({"lr": lr, "levels": levels, "steps": steps, **set_means(scored[name])})
+        print(f"{name}: mean Dice {settings[-1]['dice']:.4f} (network {network_row['dice']:.4f}), % folding "
+              f"{settings[-1]['folding']:.3f}", flush=True)  # fmt: skip
     allowed = [s for s in settings if s["folding"] <= args.max_folding] or settings
     choice = max(allowed, key=lambda s: (round(s["dice"], 4), -s["steps"]))
     table = {
@@ -119,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
         "dataset": tc["dataset"],
         "sets": {name: len(pairs) for name, pairs in sets.items()},
         "set_options": {name: OOD_SETS.get(tc["dataset"], {}).get(name, {}) for name in sets},
-        "network": network,
+        "network": network_row,
         "settings": settings,
         "max_folding": args.max_folding,
         "choice": {k: choice[k] for k in ("lr", "levels", "steps", "dice", "folding")},
@@ -129,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(f"choice: lr {choice['lr']:g} px, {choice['levels']} levels, {choice['steps']} steps: mean Dice "
           f"{choice['dice']:.4f} over {len(sets)} validation sets ({', '.join(sets)}); the network alone "
-          f"{network['dice']:.4f}")  # fmt: skip
+          f"{network_row['dice']:.4f}")  # fmt: skip
     if args.out:
         Path(args.out).write_text(json.dumps(table, indent=1) + "\n")
     return table
