@@ -63,6 +63,7 @@ from IPython.display import display
 from torch.utils.data import DataLoader
 
 import searchmorph_lite as sm
+from searchmorph_lite.book import setup
 from searchmorph_lite.data import load_dataset
 from searchmorph_lite.pretrained import pretrained_path
 from searchmorph_lite.provenance import hardware_line
@@ -93,11 +94,8 @@ val_pairs = 4  # validation pairs scored after every epoch
 iteration_weight = 0.8  # gamma of the sequence loss (RAFT's value)
 
 # %%
-torch.manual_seed(seed)
-torch.use_deterministic_algorithms(True, warn_only=True)  # same kernels on every rerun
-device = sm.default_device() if device == "auto" else torch.device(device)
-if threads:
-    torch.set_num_threads(threads)
+# seed, deterministic kernels (same numbers on every rerun), threads; returns the device
+device = setup(seed, device, threads, deterministic=True)
 HARDWARE = hardware_line(device)
 
 # %% [markdown]

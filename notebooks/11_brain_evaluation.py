@@ -63,11 +63,16 @@ import torch
 
 import searchmorph_lite as sm
 from searchmorph_lite import scoring
-from searchmorph_lite.book import METHOD_COLORS, method_color, paired_verdict
+from searchmorph_lite.book import (
+    METHOD_COLORS,
+    load_or_train,
+    method_color,
+    paired_verdict,
+    setup,
+)
 from searchmorph_lite.data import load_dataset
 from searchmorph_lite.data.brain_subjects import near_copy_table
 from searchmorph_lite.provenance import (
-    card_of,
     describe,
     hardware_line,
     train_with_card,
@@ -114,11 +119,8 @@ max_iterations = 12  # iteration sweep 1..max_iterations
 example_pair = 0  # test pair of the figures
 
 # %%
-torch.manual_seed(seed)
-torch.use_deterministic_algorithms(True, warn_only=True)  # same kernels on every rerun
-device = sm.default_device() if device == "auto" else torch.device(device)
-if threads:
-    torch.set_num_threads(threads)
+# seed, deterministic kernels (same numbers on every rerun), threads; returns the device
+device = setup(seed, device, threads, deterministic=True)
 # ANTs on one thread: with more, its results vary from run to run (read when ANTs
 # starts)
 os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
@@ -240,32 +242,22 @@ NEEDED = {
     "SearchMorph": ("brain2d", {"radius": 3, "iterations": 4}),
     "VoxelMorph": ("brain2d-voxelmorph", {}),
 }
-pretrained = use_pretrained and all(
-    name in sm.available_pretrained() for name, _ in NEEDED.values()
+# both from one source: your checkpoints, else the shipped models, else trained here
+models, cards, origin = load_or_train(
+    {kind: name for kind, (name, _) in NEEDED.items()},
+    lambda kind: train_here(kind, NEEDED[kind][1]),
+    device,
+    use_pretrained=use_pretrained,
+    checkpoints=checkpoints,
 )
-loaded = set(checkpoints) >= set(NEEDED)
-models, cards = {}, {}
-for kind, (name, model_config) in NEEDED.items():
-    if loaded:
-        models[kind] = sm.load_checkpoint(
-            checkpoints[kind], expected_model=kind, device=device
-        )
-        cards[kind] = card_of(models[kind], source="loaded from checkpoint")
-    elif pretrained:
-        models[kind] = sm.load_pretrained(name, device=device)
-        cards[kind] = card_of(models[kind])
-    else:
-        models[kind], cards[kind] = train_here(kind, model_config)
-source = (
-    "your checkpoints"
-    if loaded
-    else "pretrained"
-    if pretrained
-    else "trained in this run"
-)
+source = {
+    "checkpoints": "your checkpoints",
+    "pretrained": "pretrained",
+    "trained": "trained in this run",
+}[origin]
 eval_size = cards["SearchMorph"]["image_size"]  # evaluate at the models' size
 if test_pairs is None:
-    test_pairs = 24 if (loaded or pretrained) else 4
+    test_pairs = 24 if origin != "trained" else 4
 if ants_pairs is None:
     ants_pairs = test_pairs
 print(f"models: {source}")

@@ -64,11 +64,10 @@ from matplotlib.colors import LinearSegmentedColormap
 
 import searchmorph_lite as sm
 from searchmorph_lite.baselines import ants_register
-from searchmorph_lite.book import METHOD_COLORS, paired_verdict
+from searchmorph_lite.book import METHOD_COLORS, load_or_train, paired_verdict, setup
 from searchmorph_lite.data import load_dataset
 from searchmorph_lite.losses import local_ncc
 from searchmorph_lite.provenance import (
-    card_of,
     describe,
     hardware_line,
     train_with_card,
@@ -107,11 +106,8 @@ clip_refine_steps = None
 clip_max_iterations = 12  # iteration sweep on the clip: 1..clip_max_iterations
 
 # %%
-torch.manual_seed(seed)
-torch.use_deterministic_algorithms(True, warn_only=True)  # same kernels on every rerun
-device = sm.default_device() if device == "auto" else torch.device(device)
-if threads:
-    torch.set_num_threads(threads)
+# seed, deterministic kernels (same numbers on every rerun), threads; returns the device
+device = setup(seed, device, threads, deterministic=True)
 # ANTs on one thread: with more, its results vary from run to run (read when ANTs
 # starts)
 os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
@@ -160,16 +156,14 @@ NEEDED = {
     "SearchMorph": ("echo2d", {"radius": 2, "iterations": 4}),
     "VoxelMorph": ("echo2d-voxelmorph", {}),
 }
-pretrained = use_pretrained and all(
-    name in sm.available_pretrained() for name, _ in NEEDED.values()
+# both shipped models, else both trained here
+models, cards, origin = load_or_train(
+    {kind: name for kind, (name, _) in NEEDED.items()},
+    lambda kind: train_here(kind, NEEDED[kind][1]),
+    device,
+    use_pretrained=use_pretrained,
 )
-models, cards = {}, {}
-for kind, (name, model_config) in NEEDED.items():
-    if pretrained:
-        models[kind] = sm.load_pretrained(name, device=device)
-        cards[kind] = card_of(models[kind])
-    else:
-        models[kind], cards[kind] = train_here(kind, model_config)
+pretrained = origin == "pretrained"
 size = cards["SearchMorph"]["image_size"][
     0
 ]  # evaluate at the size the models were trained at
