@@ -3,8 +3,9 @@ and its check cells fail on the blank stubs and pass with the solutions.
 
 The checks run in this process on a namespace built from the chapter's own cells: its setup (imports, parameters
 with the spec's faster values, seed and device) and the few cells the spec names, not the whole chapter. Chapters
-marked `slow` in .ci/student_exercises.yml (they load the shipped models and evaluate them) run only with
-STUDENT_EDITION_SLOW=1 (or =only: just those, as .ci/run does after the library suite).
+marked `slow` in .ci/student_exercises.yml (they load the shipped models and evaluate them) carry pytest's `slow`
+marker, which the default run deselects (pyproject.toml): `-m slow` runs just those, as .ci/run does after the
+library suite, and `-m ""` runs everything.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import ast
 import builtins
 import importlib.util
-import os
 import re
 from pathlib import Path
 
@@ -26,7 +26,8 @@ student_edition = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(student_edition)
 SPEC = student_edition.load_spec()
 CHAPTERS = sorted(SPEC)
-SLOW = os.environ.get("STUDENT_EDITION_SLOW", "")  # "1": also the slow chapters; "only": only them
+# the slow chapters' checks carry the `slow` marker (deselected by default: pyproject.toml's addopts)
+CHECKED = [pytest.param(name, marks=pytest.mark.slow) if SPEC[name].get("slow") else name for name in CHAPTERS]
 
 
 def chapter(name: str) -> nbformat.NotebookNode:
@@ -82,13 +83,9 @@ def context_cells(nb: nbformat.NotebookNode, entry: dict) -> list[str]:
     return setup + picked + ([entry["extra"]] if entry.get("extra") else [])
 
 
-@pytest.mark.parametrize("name", CHAPTERS)
+@pytest.mark.parametrize("name", CHECKED)
 def test_checks_fail_on_stubs_and_pass_with_solutions(name, monkeypatch):
     entry = SPEC[name]
-    if entry.get("slow") and SLOW not in ("1", "only"):
-        pytest.skip("slow chapter (loads and evaluates the shipped models): STUDENT_EDITION_SLOW=1 runs it")
-    if SLOW == "only" and not entry.get("slow"):
-        pytest.skip("STUDENT_EDITION_SLOW=only: the slow chapters only")
     import matplotlib
 
     matplotlib.use("Agg")
