@@ -14,7 +14,7 @@ from .correlation import (
     search_features,
     search_pyramid,
 )
-from .encoders import ContextEncoder, FeatureEncoder, SharedEncoder, UNetTrunk
+from .encoders import ContextEncoder, FeatureEncoder, SharedEncoder, UNet, UNetTrunk
 from .inference import normalize_intensity, register
 from .iterator import ConvGRU, DeformationFieldIterator
 from .losses import (
@@ -57,6 +57,7 @@ __all__ = [
     "SearchMorph",
     "SearchMorphConfig",
     "SpatialTransformer",
+    "UNet",
     "UNetTrunk",
     "VoxelMorph",
     "VoxelMorphConfig",

@@ -13,6 +13,7 @@ from ._checks import set_checked_fields
 from ._nd import nd
 from ._precision import at_least_float32, full_precision
 from .base import RegistrationModel, RegistrationResult
+from .encoders import UNet, conv_block
 from .transform import warp
 
 
@@ -41,15 +42,12 @@ class VoxelMorphConfig:
         return d
 
 
-def _conv(cin: int, cout: int, stride: int = 1, ndim: int = 2) -> nn.Sequential:
-    return nn.Sequential(nd(ndim).Conv(cin, cout, 3, stride=stride, padding=1), nn.LeakyReLU(0.2, inplace=True))
-
-
 class VoxelMorph(RegistrationModel):
     """VoxelMorph: ``model(moving, fixed)`` with images (B, C, *S) -> RegistrationResult (one field), 2D or 3D.
 
-    The U-Net sees [M, F] stacked, downsamples len(enc_widths) times with strided convolutions, decodes with
-    skip connections to full resolution, and a 3x3 convolution initialised near zero outputs the field.
+    The U-Net (:class:`~searchmorph_lite.encoders.UNet`, the one SearchMorph's trunk is built from) sees [M, F]
+    stacked, downsamples len(enc_widths) times with strided convolutions, decodes with skip connections to full
+    resolution, and a 3x3 convolution initialised near zero outputs the field.
     ``iterations`` and ``keep_flows`` are accepted for a common interface and ignored: VoxelMorph predicts in one
     shot.
     """
@@ -59,26 +57,17 @@ class VoxelMorph(RegistrationModel):
         self.config = config = config or VoxelMorphConfig()
         self.ndim, self.in_channels = config.ndim, config.in_channels
         enc, dec = config.enc_widths, config.dec_widths
-        self.encoder = nn.ModuleList()
-        prev = 2 * config.in_channels
-        skip_channels = [prev]
-        for w in enc:
-            self.encoder.append(_conv(prev, w, stride=2, ndim=self.ndim))
-            prev = w
-            skip_channels.append(w)
-        self.decoder = nn.ModuleList()
-        for i in range(len(enc)):
-            w = dec[i]
-            self.decoder.append(_conv(prev + skip_channels[-2 - i], w, ndim=self.ndim))
-            prev = w
+        # the U-Net sees [M, F] and keeps them as its full-resolution skip; its first block already strides
+        self.unet = UNet(2 * config.in_channels, enc, dec[: len(enc)], self.ndim, first_stride=2, norm=False,
+                         upsample="nearest")  # fmt: skip
+        prev = self.unet.out_channels
         self.extra = nn.Sequential(
-            *[_conv(c_in, c_out, ndim=self.ndim) for c_in, c_out in zip((prev,) + dec[len(enc) : -1], dec[len(enc) :])]
+            *[conv_block(c_in, c_out, ndim=self.ndim, norm=False) for c_in, c_out in zip((prev,) + dec[len(enc) : -1], dec[len(enc) :])]
         )
         prev = dec[-1] if len(dec) > len(enc) else prev
         self.flow_layer = nd(self.ndim).Conv(prev, config.ndim, 3, padding=1)
         nn.init.normal_(self.flow_layer.weight, std=1e-5)
         nn.init.zeros_(self.flow_layer.bias)
-        self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
         self.size_multiple = 2 ** len(enc)
 
     def forward(
@@ -87,13 +76,7 @@ class VoxelMorph(RegistrationModel):
         """RegistrationResult with the one field (B, ndim, *S); ``iterations`` and ``keep_flows`` are part of the
         RegistrationModel contract and change nothing here (one shot, one field)."""
         self.check_inputs(moving, fixed)
-        x = torch.cat([moving, fixed], dim=1)
-        skips = [x]
-        for block in self.encoder:
-            x = block(x)
-            skips.append(x)
-        for i, block in enumerate(self.decoder):
-            x = block(torch.cat([self.upsample(x), skips[-2 - i]], dim=1))
+        x = self.unet(torch.cat([moving, fixed], dim=1))
         x = self.extra(x)
         with full_precision(x):  # the field in float32 under mixed precision (TrainConfig.amp; _precision.py)
             flow = self.flow_layer(at_least_float32(x))

@@ -37,6 +37,7 @@ _RENAMES_V1 = (  # (old prefix, new prefix) of SearchMorph keys, format 1 -> 2
     ("context_encoder.head.", "encoder.context_head.conv."),
     ("init_hidden.", "iterator.init_hidden."),
 )
+_RENAMES_VOXELMORPH_UNET = (("encoder.", "unet.down."), ("decoder.", "unet.up."))  # before its U-Net was UNet
 # Weights beyond this size come only from a diverged training: trained models here stay below 100.
 MAX_WEIGHT = 1e6
 
@@ -290,21 +291,29 @@ def check_metadata(ckpt: dict, path: str | os.PathLike) -> None:
 
 
 def upgrade_state_dict(kind: str, state: dict, version: str) -> dict:
-    """State dict of a ``version`` checkpoint with the keys of today's ``kind`` model (format 1 -> 2 renames).
+    """State dict of a ``version`` checkpoint with the keys of today's ``kind`` model.
 
     Format 1 SearchMorph files hold the shared trunk twice (``feature_encoder.trunk`` and
-    ``context_encoder.trunk``); the copies must be equal, and one is kept.
+    ``context_encoder.trunk``); the copies must be equal, and one is kept. VoxelMorph files written before its
+    U-Net became :class:`~searchmorph_lite.encoders.UNet` (2026-12-07) name its blocks ``encoder.i`` and
+    ``decoder.i``; today they are ``unet.down.i`` and ``unet.up.i``, the same tensors in the same order.
     """
-    if version == FORMAT or kind != "SearchMorph" or not isinstance(state, dict):
+    if not isinstance(state, dict):
+        return state
+    if kind == "VoxelMorph":
+        renames = _RENAMES_VOXELMORPH_UNET
+    elif kind == "SearchMorph" and version != FORMAT:
+        renames = _RENAMES_V1
+    else:
         return state
     new = {}
     for key, value in state.items():
-        if key.startswith("context_encoder.trunk."):
+        if key.startswith("context_encoder.trunk.") and kind == "SearchMorph":
             twin = state.get("feature_encoder." + key[len("context_encoder.") :])
             if twin is None or not torch.equal(twin, value):
                 raise ValueError(f"format-1 checkpoint: the two copies of the shared trunk differ at {key}")
             continue
-        for old, renamed in _RENAMES_V1:
+        for old, renamed in renames:
             if key.startswith(old):
                 key = renamed + key[len(old) :]
                 break

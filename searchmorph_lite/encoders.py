@@ -14,20 +14,24 @@ the context head then sees both trunk outputs.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from ._nd import nd
 
 
-def conv_block(in_channels: int, out_channels: int, stride: int = 1, ndim: int = 2) -> nn.Sequential:
-    """Conv (3x3) -> BatchNorm -> LeakyReLU(0.2), the paper's unit: (B, in, *S) -> (B, out, *S/stride)."""
+def conv_block(in_channels: int, out_channels: int, stride: int = 1, ndim: int = 2, norm: bool = True) -> nn.Sequential:
+    """Conv (3x3) -> BatchNorm -> LeakyReLU(0.2), the paper's unit: (B, in, *S) -> (B, out, *S/stride).
+
+    ``norm=False`` drops the BatchNorm and gives the convolution a bias (VoxelMorph's unit: conv -> LeakyReLU).
+    """
     layers = nd(ndim)
-    return nn.Sequential(
-        layers.Conv(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-        layers.BatchNorm(out_channels),
-        nn.LeakyReLU(0.2, inplace=True),
-    )
+    conv = layers.Conv(in_channels, out_channels, 3, stride=stride, padding=1, bias=not norm)
+    if not norm:
+        return nn.Sequential(conv, nn.LeakyReLU(0.2, inplace=True))
+    return nn.Sequential(conv, layers.BatchNorm(out_channels), nn.LeakyReLU(0.2, inplace=True))
 
 
 def stack_pair(moving: torch.Tensor, fixed: torch.Tensor, joint: bool) -> torch.Tensor:
@@ -35,8 +39,66 @@ def stack_pair(moving: torch.Tensor, fixed: torch.Tensor, joint: bool) -> torch.
     return torch.cat([moving, fixed], dim=1 if joint else 0)
 
 
-class UNetTrunk(nn.Module):
-    """U-Net trunk: input (B, in_channels, *S) -> (B, widths[stride - 1], *S/stride), with skip connections.
+class UNet(nn.Module):
+    """The one U-Net of the package: input (B, in_channels, *S) -> (B, out_channels, *S / 2^(down - up)).
+
+    ``down_widths``: one conv block per encoder level, the first with stride ``first_stride``, the others with
+    stride 2. ``up_widths``: one conv block per decoder level, each on [upsampled x, the skip of the level it
+    climbs to]. The skips are the encoder levels' outputs, and with ``first_stride=2`` the input itself as the
+    full-resolution skip (VoxelMorph's U-Net). ``norm``: BatchNorm in every block (the paper's trunk) or a biased
+    convolution (VoxelMorph); ``upsample``: "linear" or "nearest". :class:`UNetTrunk` (SearchMorph's encoders)
+    and :class:`~searchmorph_lite.baselines.VoxelMorph` are two configurations of this class.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        down_widths: tuple[int, ...],
+        up_widths: tuple[int, ...],
+        ndim: int = 2,
+        first_stride: int = 1,
+        norm: bool = True,
+        upsample: str = "linear",
+    ) -> None:
+        super().__init__()
+        if first_stride not in (1, 2):
+            raise ValueError(f"UNet first_stride must be 1 or 2, got {first_stride!r}")
+        skip_channels = [in_channels] if first_stride == 2 else []
+        self.input_skip = first_stride == 2
+        self.down = nn.ModuleList()
+        prev = in_channels
+        for i, w in enumerate(down_widths):
+            self.down.append(conv_block(prev, w, stride=first_stride if i == 0 else 2, ndim=ndim, norm=norm))
+            prev = w
+            skip_channels.append(w)
+        if len(up_widths) > len(skip_channels) - 1:
+            raise ValueError(f"a U-Net with {len(skip_channels)} levels climbs at most {len(skip_channels) - 1} up")
+        self.up = nn.ModuleList()
+        for i, w in enumerate(up_widths):
+            self.up.append(conv_block(prev + skip_channels[-2 - i], w, ndim=ndim, norm=norm))
+            prev = w
+        self.out_channels = prev
+        self.size_multiple = 2 ** (len(down_widths) - (first_stride == 1))
+        mode = nd(ndim).linear_mode if upsample == "linear" else upsample
+        self.upsample = nn.Upsample(scale_factor=2, mode=mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(n % self.size_multiple for n in x.shape[2:]):
+            raise ValueError(
+                f"{type(self).__name__} input size {tuple(x.shape[2:])} must be divisible by {self.size_multiple} "
+                f"({int(math.log2(self.size_multiple))} downsamplings)"
+            )
+        skips = [x] if self.input_skip else []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+        for i, block in enumerate(self.up):
+            x = block(torch.cat([self.upsample(x), skips[-2 - i]], dim=1))
+        return x
+
+
+class UNetTrunk(UNet):
+    """SearchMorph's trunk, a :class:`UNet`: input (B, in_channels, *S) -> (B, widths[stride - 1], *S/stride).
 
     Encoder levels 1, 1/2, ..., 1/2^(len(widths)-1) with ``widths`` channels; the decoder climbs back to 1/2
     resolution (``stride=2``, the paper's) or to full resolution (``stride=1``: one more up block, onto the
@@ -46,39 +108,14 @@ class UNetTrunk(nn.Module):
     def __init__(
         self, in_channels: int = 2, widths: tuple[int, ...] = (16, 32, 32, 32), ndim: int = 2, stride: int = 2
     ) -> None:
-        super().__init__()
         if len(widths) < 2:
             raise ValueError(f"widths needs at least 2 levels, got {widths}")
         if stride not in (1, 2):
             raise ValueError(f"UNetTrunk stride must be 1 or 2, got {stride!r}")
+        up = tuple(widths[i] for i in range(len(widths) - 2, stride - 2, -1))  # back to level stride - 1
+        super().__init__(in_channels, tuple(widths), up, ndim=ndim, first_stride=1)
         self.widths = tuple(widths)
         self.stride = stride
-        self.down = nn.ModuleList()
-        prev = in_channels
-        for i, w in enumerate(widths):
-            self.down.append(conv_block(prev, w, stride=1 if i == 0 else 2, ndim=ndim))
-            prev = w
-        self.up = nn.ModuleList()
-        for i in range(len(widths) - 2, stride - 2, -1):  # decode back to level stride - 1 (1/stride resolution)
-            self.up.append(conv_block(prev + widths[i], widths[i], ndim=ndim))
-            prev = widths[i]
-        self.out_channels = prev
-        self.size_multiple = 2 ** (len(widths) - 1)
-        self.upsample = nn.Upsample(scale_factor=2, mode=nd(ndim).linear_mode)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if any(n % self.size_multiple for n in x.shape[2:]):
-            raise ValueError(
-                f"UNetTrunk input size {tuple(x.shape[2:])} must be divisible by {self.size_multiple} "
-                f"({len(self.widths) - 1} downsamplings)"
-            )
-        skips = []
-        for block in self.down:
-            x = block(x)
-            skips.append(x)
-        for i, block in enumerate(self.up):
-            x = block(torch.cat([self.upsample(x), skips[-2 - i]], dim=1))
-        return x
 
 
 class FeatureHead(nn.Module):

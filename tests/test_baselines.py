@@ -86,3 +86,32 @@ def test_our_warp_of_the_converted_3d_flow_reproduces_ants_warped_volume():
     # measured 0.004 after vs 0.062 before
     assert np.abs(warped - fixed)[INNER_3D].mean() < np.abs(moving - fixed)[INNER_3D].mean() / 5
     assert np.allclose(flow[:, 12, 14, 10], (1.0, 1.5, -1.0), atol=0.3)  # the centre moved by the known shift
+
+
+def test_voxelmorph_and_the_searchmorph_trunk_are_the_one_unet():
+    from searchmorph_lite import SearchMorph, SearchMorphConfig, VoxelMorph, VoxelMorphConfig
+    from searchmorph_lite.encoders import UNet
+
+    assert type(VoxelMorph(VoxelMorphConfig()).unet) is UNet
+    assert isinstance(SearchMorph(SearchMorphConfig()).encoder.trunk, UNet)
+
+
+def test_voxelmorph_weights_saved_before_the_one_unet_load_into_it():
+    import torch
+
+    from searchmorph_lite import VoxelMorph, VoxelMorphConfig
+    from searchmorph_lite.checkpoint import FORMAT, load_weights, upgrade_state_dict
+
+    torch.manual_seed(0)
+    model = VoxelMorph(VoxelMorphConfig()).eval()
+    old_names = {"unet.down.": "encoder.", "unet.up.": "decoder."}
+    old = {}
+    for key, value in model.state_dict().items():
+        for new, before in old_names.items():
+            key = key.replace(new, before, 1) if key.startswith(new) else key
+        old[key] = value
+    assert any(k.startswith("encoder.") for k in old) and any(k.startswith("decoder.") for k in old)
+    other = VoxelMorph(VoxelMorphConfig()).eval()
+    load_weights(other, upgrade_state_dict("VoxelMorph", old, FORMAT), "old file")
+    x, y = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    assert torch.equal(model(x, y).flow, other(x, y).flow)
