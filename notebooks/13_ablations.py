@@ -55,13 +55,10 @@ import pandas as pd
 import torch
 
 import searchmorph_lite as sm
+from searchmorph_lite.book import load_or_train, n_params, setup
 from searchmorph_lite.data import load_dataset
-from searchmorph_lite.provenance import (
-    card_of,
-    describe,
-    hardware_line,
-    train_with_card,
-)
+from searchmorph_lite.model import ABLATIONS
+from searchmorph_lite.provenance import describe, hardware_line, train_with_card
 from searchmorph_lite.train import TrainConfig, evaluate
 
 # %% tags=["parameters"]
@@ -91,10 +88,7 @@ test_pairs = None
 paper_difference = 0.004
 
 # %%
-torch.manual_seed(seed)
-device = sm.default_device() if device == "auto" else torch.device(device)
-if threads:
-    torch.set_num_threads(threads)
+device = setup(seed, device, threads)  # seed, threads; returns the device
 HARDWARE = hardware_line(device)
 
 # %% [markdown]
@@ -113,13 +107,9 @@ HARDWARE = hardware_line(device)
 
 # %%
 BASE = {"radius": 3, "iterations": 4}
-VARIANTS = {
-    "SearchMorph": {},
-    "w/o context": {"use_context": False},
-    "w/o search module": {"use_search": False},
-    "w/o corr pyramid": {"use_pyramid": False},
-    "w/o iteration": {"iterations": 1},
-}
+VARIANTS = (
+    ABLATIONS  # name -> config switches, as in chapter 9 (searchmorph_lite.model)
+)
 SHIPPED = {
     "SearchMorph": "brain2d-ablation-base",
     "w/o context": "brain2d-no-context",
@@ -139,13 +129,13 @@ PAPER_TABLE_III = {
 print(f"{'variant':<19}{'parameters':>11}   what the GRU reads at each iteration")
 for name, change in VARIANTS.items():
     net = sm.SearchMorph(sm.SearchMorphConfig(**{**BASE, **change}))
-    n_params = sum(p.numel() for p in net.parameters())
     reads = (
         f"{net.levels} level(s) x {len(sm.diamond_offsets(3))} offsets"
         if net.config.use_search
         else "h(F) and warped h(M)"
     ) + (" + context" if net.config.use_context else "")
-    print(f"{name:<19}{n_params:>11,}   {reads}, {net.config.iterations} iteration(s)")
+    count, steps = n_params(net), net.config.iterations
+    print(f"{name:<19}{count:>11,}   {reads}, {steps} iteration(s)")
 
 # %% [markdown]
 # ## Train them (or load them)
@@ -182,29 +172,17 @@ def train_variant(name: str) -> tuple[torch.nn.Module, dict]:
 
 
 # %%
-loaded = set(checkpoints) >= set(VARIANTS)
-if checkpoints and not loaded:
-    print(
-        f"checkpoints given for {sorted(checkpoints)} only: they are not used, so that "
-        "all five share one budget"
-    )
-shipped = (
-    not loaded
-    and use_pretrained
-    and set(SHIPPED.values()) <= set(sm.available_pretrained())
+# all five from one source: your checkpoints, else the shipped models, else trained here
+models, cards, source = load_or_train(
+    SHIPPED,
+    train_variant,
+    device,
+    use_pretrained=use_pretrained,
+    checkpoints=checkpoints,
+    expected_model="SearchMorph",
 )
-models, cards = {}, {}
+loaded, shipped = source == "checkpoints", source == "pretrained"
 for name in VARIANTS:
-    if loaded:
-        models[name] = sm.load_checkpoint(
-            checkpoints[name], expected_model="SearchMorph", device=device
-        )
-        cards[name] = card_of(models[name], source="loaded from checkpoint")
-    elif shipped:
-        models[name] = sm.load_pretrained(SHIPPED[name], device=device)
-        cards[name] = card_of(models[name], source=f"pretrained {SHIPPED[name]!r}")
-    else:
-        models[name], cards[name] = train_variant(name)
     assert (
         models[name].config.to_dict()
         == sm.SearchMorphConfig(**{**BASE, **VARIANTS[name]}).to_dict()

@@ -79,6 +79,8 @@ from scipy import ndimage as ndi
 
 import searchmorph_lite as sm
 from searchmorph_lite.affine import downsample, sample_world, world_grid
+from searchmorph_lite.book import setup
+from searchmorph_lite.correlation import all_pairs_bytes
 from searchmorph_lite.data import load_dataset
 from searchmorph_lite.inference import refine_settings
 from searchmorph_lite.pipeline import frame_of
@@ -102,11 +104,10 @@ syn_pairs = 2
 refine_steps = 30
 
 # %%
-torch.manual_seed(seed)
-device = sm.default_device() if device == "auto" else torch.device(device)
-if threads:
-    torch.set_num_threads(threads)
-    # read when ANTs first runs; on one thread a seeded ANTs run repeats exactly
+device = setup(seed, device, threads)  # seed, threads; returns the device
+if (
+    threads
+):  # read when ANTs first runs; on one thread a seeded ANTs run repeats exactly
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
 WORK = Path(tempfile.mkdtemp(prefix="ch14_"))  # every file of this chapter goes here
 atexit.register(shutil.rmtree, WORK, ignore_errors=True)
@@ -158,17 +159,10 @@ plt.show()
 # $\langle h_M(p), \text{avgpool}_{2^l}(h_F)(q) \rangle$, so it samples the pooled *features* at the $K$
 # searched positions and takes inner products. The table below is `benchmarks/memory3d.py`'s stored output: the
 # first column by the formula, the second measured (the bytes of tensors alive at once while `search_features`
-# builds one search map). We recompute the formula here and check the stored column.
-
+# builds one search map). We recompute the formula here (`searchmorph_lite.correlation.all_pairs_bytes`) and check
+# the stored column.
 
 # %%
-def all_pairs_bytes(features: tuple[int, ...], levels: int = 4) -> int:
-    """Float32 bytes of the all-pairs volume over ``features`` and its pooled levels."""
-    n = math.prod(features)
-    pooled = [math.prod(s >> level for s in features) for level in range(levels)]
-    return 4 * n * sum(pooled)
-
-
 memory = json.loads(Path("../benchmarks/memory3d.json").read_text())["rows"]
 rows = []
 for row in memory:

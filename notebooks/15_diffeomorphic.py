@@ -58,10 +58,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 import searchmorph_lite as sm
-from searchmorph_lite.book import synchronize
+from searchmorph_lite.book import setup, smooth_field, synchronize
 from searchmorph_lite.data import load_dataset
 from searchmorph_lite.provenance import card_of, describe, hardware_line
 
@@ -81,10 +80,7 @@ field_size = (96, 96)
 results_file = "../benchmarks/beyond_results.json"
 
 # %%
-torch.manual_seed(seed)
-device = sm.default_device() if device == "auto" else torch.device(device)
-if threads:
-    torch.set_num_threads(threads)
+device = setup(seed, device, threads)  # seed, threads; returns the device
 HARDWARE = hardware_line(device)
 
 # %% [markdown]
@@ -97,22 +93,13 @@ HARDWARE = hardware_line(device)
 # falls by more than one pixel per pixel. A network's field is a sum of updates with no such constraint. The
 # smoothness loss of eq. 9 makes folds rare, but it cannot forbid them.
 #
-# To see one, take a smooth random field: random values on a coarse grid, upsampled bilinearly and scaled so that
-# its largest component is `max_px` pixels. Chapter 3's `folding_ratio` tells whether $p + u(p)$ folds.
+# To see one, take a smooth random field, `smooth_field(shape, max_px, seed)` from `searchmorph_lite.book` (chapter
+# 2's, here upsampled bilinearly from an 8 x 8 grid): random values on a coarse grid, interpolated to every pixel
+# and scaled so that its largest component is `max_px` pixels. Chapter 3's `folding_ratio` tells whether
+# $p + u(p)$ folds.
 
 
 # %%
-def smooth_field(shape, max_px, seed, grid=8):
-    """Random smooth field (1, ndim, *shape) in float32, max |component| = max_px:
-    a random (grid x ... x grid) array upsampled (bi/tri)linearly."""
-    g = torch.Generator().manual_seed(seed)
-    ndim = len(shape)
-    coarse = torch.randn(1, ndim, *[grid] * ndim, generator=g, dtype=torch.float64)
-    mode = "bilinear" if ndim == 2 else "trilinear"
-    v = F.interpolate(coarse, size=shape, mode=mode, align_corners=True)
-    return (v * (max_px / v.abs().max())).float()
-
-
 big = smooth_field(field_size, 16.0, seed=0)  # the chapter's "large velocity"
 
 # %% tags=["nbval-check-output"]

@@ -48,6 +48,7 @@ if "google.colab" in sys.modules:  # the library's loose dependencies keep Colab
         subprocess.run([*pip, f"git+{REPOSITORY}"], check=True)
 
 # %%
+import inspect
 import json
 import math
 import time
@@ -58,9 +59,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from IPython.display import Code
 
 import searchmorph_lite as sm
-from searchmorph_lite.book import paired_verdict
+from searchmorph_lite.book import paired_verdict, setup
+from searchmorph_lite.correlation import all_pairs_bytes
 from searchmorph_lite.data import load_dataset
 from searchmorph_lite.provenance import card_of, describe, hardware_line
 
@@ -79,10 +82,7 @@ memory_file = "../benchmarks/memory3d.json"
 tiny_size = (32, 32)
 
 # %%
-torch.manual_seed(seed)
-device = sm.default_device() if device == "auto" else torch.device(device)
-if threads:
-    torch.set_num_threads(threads)
+device = setup(seed, device, threads)  # seed, threads; returns the device
 HARDWARE = hardware_line(device)
 SHIPPED = {2: "brain2d-displacement", 1: "brain2d-stride1"}  # stride -> model
 models = {s: sm.load_pretrained(name, device=device) for s, name in SHIPPED.items()}
@@ -169,18 +169,11 @@ pd.DataFrame(shapes)
 # $(2^d)^2$: 16 in 2D, 64 in 3D. The on-the-fly search (chapter 7) never builds the volume; its memory is the
 # pooled features plus one search map, linear in $N$, so it grows only by $2^d = 4$ in 2D.
 #
-# The formula is `benchmarks/memory3d.py`'s `all_pairs_bytes`:
-
+# The formula is the library's `searchmorph_lite.correlation.all_pairs_bytes`, which the benchmarks' memory table
+# (`benchmarks/memory3d.py`) uses too:
 
 # %%
-def all_pairs_bytes(
-    features: tuple[int, ...], levels: int, element_size: int = 4
-) -> int:
-    """Bytes of the all-pairs volume over a feature grid plus its pyramid (eq. 1-2)."""
-    n = math.prod(features)
-    pooled = sum(math.prod(s >> level for s in features) for level in range(levels))
-    return element_size * n * pooled
-
+Code(inspect.getsource(all_pairs_bytes), language="python")
 
 # %% [markdown]
 # First a check that it counts real tensors: at 64 x 48, `SearchMorphConfig(all_pairs=True)` builds the volume and
