@@ -47,6 +47,14 @@ def rms_local_ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return local_ncc(a, b).flatten(1).mean(1).sqrt()
 
 
+def scored_labels(fixed_labels: torch.Tensor, labels: Sequence[int] | None = None) -> list[int]:
+    """The labels a pair is scored on, the one rule of :func:`score_flow` and :func:`evaluate`: ``labels`` when
+    given, else those present in the pair's fixed label map (*S or (1, *S)), background 0 excluded."""
+    if labels is not None:
+        return [int(v) for v in labels]
+    return sorted(int(v) for v in torch.unique(fixed_labels) if v != 0)
+
+
 def score_flow(pair: dict, flow: np.ndarray, labels: Sequence[int] | None = None) -> dict:
     """Scores of a field ``flow`` (ndim, *S) on a dataset ``pair`` ("moving", "fixed" (1, *S), labels optional).
 
@@ -62,10 +70,9 @@ def score_flow(pair: dict, flow: np.ndarray, labels: Sequence[int] | None = None
     ncc = global_ncc(warped, fixed, fixed > 0.02)
     out = {"folding": float(folding_ratio(f)[0]), "global_ncc": ncc, "ncc": ncc}
     if "moving_labels" in pair:
-        if labels is None:
-            labels = sorted(int(v) for v in torch.unique(pair["fixed_labels"]) if v != 0)
+        labels = scored_labels(pair["fixed_labels"], labels)
         lab = warp(pair["moving_labels"][None].double(), f, mode="nearest").round().long()
-        per_label = dice(lab, pair["fixed_labels"][None], list(labels))[0].double()
+        per_label = dice(lab, pair["fixed_labels"][None], labels)[0].double()
         out["dice_per_label"] = per_label.tolist()
         out["dice"] = float(torch.nanmean(per_label))
     return out
@@ -91,8 +98,8 @@ def evaluate(
     Returns a dict of lists (one entry per pair): "dice" (per label, if labelled), "folding" (%),
     "rms_local_ncc_before" / "rms_local_ncc_after" (:func:`rms_local_ncc` of the moving / warped image and the fixed
     one), "seconds"; plus "labels" and the means "dice_mean", "folding_mean". The labels are those of ``labels``, else
-    those present in the first batch's fixed label maps (background 0 excluded), the same for every pair so that
-    "dice" is a table; :func:`score_flow` chooses them per pair. "ncc_before" and "ncc_after" repeat the RMS local
+    those present in each pair's fixed label map (:func:`scored_labels`, the rule :func:`score_flow` follows), and
+    "dice" is a table over every label some pair was scored on, nan where a pair was not. "ncc_before" and "ncc_after" repeat the RMS local
     NCC under the names of files written before (model cards, ``evaluate --out``). ``max_pairs`` and ``batch_size``
     must be >= 1 and ``iterations`` in [1, 1000] (ValueError); an empty dataset is refused rather than reported as
     NaN means.
@@ -115,6 +122,7 @@ def evaluate(
     loader = DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=batch_size)
     out: dict = {"dice": [], "folding": [], "rms_local_ncc_before": [], "rms_local_ncc_after": [], "seconds": []}
     labels = None if labels is None else [int(v) for v in labels]
+    per_label: list[dict[int, float]] = []
     for batch in loader:
         batch = batch_to(batch, device)
         start = time.perf_counter()
@@ -131,11 +139,13 @@ def evaluate(
             out[key] += rms_local_ncc(img, batch["fixed"]).tolist()
         if "moving_labels" in batch:
             warped_lab = warp(batch["moving_labels"].float(), result.flow, mode="nearest").round().long()
-            if labels is None:
-                labels = sorted(int(v) for v in torch.unique(batch["fixed_labels"]) if v != 0)
-            out["dice"] += dice(warped_lab, batch["fixed_labels"], labels).tolist()
+            for i, fixed_labels in enumerate(batch["fixed_labels"]):  # each pair on its own labels (scored_labels)
+                mine = scored_labels(fixed_labels, labels)
+                per_label.append(dict(zip(mine, dice(warped_lab[i : i + 1], fixed_labels[None], mine)[0].tolist())))
     out["ncc_before"], out["ncc_after"] = out["rms_local_ncc_before"], out["rms_local_ncc_after"]  # older names
-    out["labels"] = labels or []
+    # the table's columns: the labels given, else every label some pair was scored on; nan where a pair had none
+    out["labels"] = labels or sorted(set().union(*per_label))
+    out["dice"] = [[row.get(lab, float("nan")) for lab in out["labels"]] for row in per_label]
     if out["dice"]:
         out["dice_mean"] = float(np.nanmean(np.nanmean(np.array(out["dice"], dtype=float), axis=1)))
     out["folding_mean"] = float(np.mean(out["folding"]))

@@ -98,3 +98,29 @@ def test_transfer_benchmark_merges_a_rerun_set_only_into_earlier_results(tmp_pat
     with pytest.raises(SystemExit):  # nothing to merge into: argparse error, nothing written
         transfer.main(["--sets", "echo clip", "--out", str(tmp_path / "none")])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_and_score_flow_score_each_pair_on_the_same_labels():
+    # pair 0 holds labels 1 and 2, pair 1 labels 1 and 3: each pair is scored on its own (scored_labels), so the
+    # batched evaluator and score_flow agree pair by pair, and the table has a nan where a pair has no label
+    import numpy as np
+    import torch
+
+    from searchmorph_lite import VoxelMorph, VoxelMorphConfig
+    from searchmorph_lite.scoring import evaluate, score_flow, scored_labels
+
+    torch.manual_seed(0)
+    model = VoxelMorph(VoxelMorphConfig(enc_widths=(4, 4), dec_widths=(4, 4))).eval()
+    torch.nn.init.zeros_(model.flow_layer.weight)  # the identity: a field of zeros
+    pairs = []
+    for other in (2, 3):
+        fixed = torch.zeros(1, 16, 16, dtype=torch.long)
+        fixed[0, 2:8, 2:8], fixed[0, 9:14, 9:14] = 1, other
+        moving = torch.roll(fixed, 1, dims=2)
+        pairs.append({"moving": moving.float(), "fixed": fixed.float(), "moving_labels": moving, "fixed_labels": fixed})
+    out = evaluate(model, pairs, batch_size=2)
+    assert out["labels"] == [1, 2, 3] and np.isnan(out["dice"][0][2]) and np.isnan(out["dice"][1][1])
+    for pair, row in zip(pairs, out["dice"]):
+        alone = score_flow(pair, np.zeros((2, 16, 16)))
+        assert scored_labels(pair["fixed_labels"]) == [1, 2 if pair is pairs[0] else 3]
+        assert abs(np.nanmean(row) - alone["dice"]) < 1e-6
