@@ -29,6 +29,8 @@
 #       with injected parameters is not reused by the build (its code differs), so the book shows the defaults.
 #   BOOK_PARAMS_FILE=configs/book_gpu.yaml   each chapter's parameters from that file's "full" section (the GPU
 #       scale), before BOOK_PARAMS; the same caveat about the build applies.
+#   BOOK_THREADS=1   PyTorch's CPU threads (OMP_NUM_THREADS) in steps 1 and 2 (default 1); a checked cell must
+#       pass at any count: `BOOK_THREADS=2 bash .ci/book.sh` is the two-thread check of issue 22.
 #   BOOK_CELL_TIMEOUT=600   seconds a cell may run in steps 1 and 2 before it counts as failed (hung).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +38,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PYDEVD_DISABLE_FILE_VALIDATION=1
 unset MPLBACKEND  # the kernels must use matplotlib's inline backend, or figures vanish from the outputs
 BUILD=_build
 CELL_TIMEOUT=${BOOK_CELL_TIMEOUT:-600}
+THREADS=${BOOK_THREADS:-1}
 START=$(date +%s)
 declare -A STAGE_SECONDS=()
 now() { date +%s.%N; }
@@ -75,7 +78,7 @@ STAGE_SECONDS[tools]=$(since "$t")
 t_nbval=$(now)
 rm -f "$BUILD/nbval.log" "$BUILD/nbval.rc"
 mkdir -p "$BUILD"
-( OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m pytest --nbval-lax --nbval-current-env \
+( OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS python -m pytest --nbval-lax --nbval-current-env \
     --nbval-cell-timeout="$CELL_TIMEOUT" --sanitize-with notebooks/sanitize.cfg -p no:cacheprovider -q \
     "${notebooks[@]}" > "$BUILD/nbval.log" 2>&1; echo $? > "$BUILD/nbval.rc" ) &
 nbval_pid=$!
@@ -96,7 +99,7 @@ for nb in "${notebooks[@]}"; do
   name=$(basename "$nb" .ipynb)
   t_nb=$(now)
   # papermill with a fix for a lost asyncio wake-up that can stall a finished cell until its timeout
-  if OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python .ci/run_notebook.py "$BUILD/answer_key/$name.ipynb" \
+  if OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS python .ci/run_notebook.py "$BUILD/answer_key/$name.ipynb" \
       "$BUILD/executed_key/$name.ipynb" -k python3 --cwd notebooks \
       --timeout "$CELL_TIMEOUT" "${extra[@]}" > "$BUILD/executed/$name.log" 2>&1 \
     && python .ci/strip_answer_key.py "$BUILD/executed_key/$name.ipynb" "$BUILD/executed/$name.ipynb" \
