@@ -61,8 +61,9 @@ class VoxelMorph(RegistrationModel):
         self.unet = UNet(2 * config.in_channels, enc, dec[: len(enc)], self.ndim, first_stride=2, norm=False,
                          upsample="nearest")  # fmt: skip
         prev = self.unet.out_channels
+        extra_in = (prev,) + dec[len(enc) : -1]
         self.extra = nn.Sequential(
-            *[conv_block(c_in, c_out, ndim=self.ndim, norm=False) for c_in, c_out in zip((prev,) + dec[len(enc) : -1], dec[len(enc) :])]
+            *[conv_block(c_in, c_out, ndim=self.ndim, norm=False) for c_in, c_out in zip(extra_in, dec[len(enc) :])]
         )
         prev = dec[-1] if len(dec) > len(enc) else prev
         self.flow_layer = nd(self.ndim).Conv(prev, config.ndim, 3, padding=1)

@@ -99,10 +99,10 @@ def evaluate(
     "rms_local_ncc_before" / "rms_local_ncc_after" (:func:`rms_local_ncc` of the moving / warped image and the fixed
     one), "seconds"; plus "labels" and the means "dice_mean", "folding_mean". The labels are those of ``labels``, else
     those present in each pair's fixed label map (:func:`scored_labels`, the rule :func:`score_flow` follows), and
-    "dice" is a table over every label some pair was scored on, nan where a pair was not. "ncc_before" and "ncc_after" repeat the RMS local
-    NCC under the names of files written before (model cards, ``evaluate --out``). ``max_pairs`` and ``batch_size``
-    must be >= 1 and ``iterations`` in [1, 1000] (ValueError); an empty dataset is refused rather than reported as
-    NaN means.
+    "dice" is a table over every label some pair was scored on, nan where a pair was not. "ncc_before" and
+    "ncc_after" repeat the RMS local NCC under the names of files written before (model cards, ``evaluate --out``).
+    ``max_pairs`` and ``batch_size`` must be >= 1 and ``iterations`` in [1, 1000] (ValueError); an empty dataset is
+    refused rather than reported as NaN means.
     """
     from .inference import check_weights, forward_kwargs
 
