@@ -20,6 +20,7 @@ the two contrasts agree, so a T2 aligns to a T1) or global normalised cross-corr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,21 +98,29 @@ def downsample(data: torch.Tensor, affine: torch.Tensor, spacing: float) -> tupl
     return pooled, out
 
 
-def mutual_information(a: torch.Tensor, b: torch.Tensor, bins: int = 32) -> torch.Tensor:
+def parzen_weights(v: torch.Tensor, bins: int = 32) -> torch.Tensor:
+    """Weights (P, bins) of samples ``v`` (P,) in [0, 1] over ``bins`` bin centres: Gaussian windows of half a bin's
+    sigma, normalised per sample, in float32 (the joint histogram needs no more; float64 made the affine stage
+    about twice as slow)."""
+    v = v.float()
+    centres = (torch.arange(bins, dtype=v.dtype, device=v.device) + 0.5) / bins
+    sigma = 0.5 / bins
+    w = torch.exp(-((v[:, None] - centres[None]) ** 2) / (2 * sigma**2))
+    return w / (w.sum(1, keepdim=True) + 1e-12)
+
+
+def mutual_information(
+    a: torch.Tensor, b: torch.Tensor, bins: int = 32, weights_b: torch.Tensor | None = None
+) -> torch.Tensor:
     """Scalar mutual information (nats) of two intensity samples ``a``, ``b`` (P,) in [0, 1], Gaussian Parzen windows.
 
-    Each sample spreads over ``bins`` bin centres with weights exp(-(v - centre)^2 / (2 sigma^2)), sigma half a
-    bin, normalised per sample; the joint histogram is the product of the two weight matrices, so the estimate is
-    smooth in the sample values and has a gradient (Mattes et al. 2003 use B-spline windows to the same end).
+    Each sample spreads over ``bins`` bin centres (:func:`parzen_weights`); the joint histogram is the product of
+    the two weight matrices, so the estimate is smooth in the sample values and has a gradient (Mattes et al. 2003
+    use B-spline windows to the same end). ``weights_b``: ``parzen_weights(b, bins)`` when the caller has them
+    (the fixed image's samples do not change while the affine is optimised).
     """
-    centres = (torch.arange(bins, dtype=a.dtype, device=a.device) + 0.5) / bins
-    sigma = 0.5 / bins
-
-    def weights(v: torch.Tensor) -> torch.Tensor:
-        w = torch.exp(-((v[:, None] - centres[None]) ** 2) / (2 * sigma**2))
-        return w / (w.sum(1, keepdim=True) + 1e-12)
-
-    wa, wb = weights(a), weights(b)
+    wa = parzen_weights(a, bins)
+    wb = parzen_weights(b, bins) if weights_b is None else weights_b
     joint = wa.T @ wb / a.shape[0]  # (bins, bins)
     pa, pb = joint.sum(1), joint.sum(0)
     eps = 1e-10
@@ -122,6 +131,17 @@ def global_ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Scalar Pearson correlation of two samples ``a``, ``b`` (P,)."""
     a, b = a - a.mean(), b - b.mean()
     return (a * b).sum() / (a.norm() * b.norm() + 1e-8)
+
+
+def _mi_to(target: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """sampled (P,) -> mutual information with ``target`` (P,), whose Parzen weights are computed once."""
+    weights = parzen_weights(target)
+    return lambda sampled: mutual_information(sampled, target, weights_b=weights)
+
+
+def _ncc_to(target: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """sampled (P,) -> Pearson correlation with ``target`` (P,)."""
+    return lambda sampled: global_ncc(sampled, target)
 
 
 @dataclass(frozen=True)
@@ -176,7 +196,7 @@ def affine_register(
     levels = [s for s in spacings if s >= fixed_voxel * 0.999] or [fixed_voxel]
     per_level = [steps] * len(levels) if isinstance(steps, int) else list(steps)[-len(levels) :]
     params = {"affine": [linear, shift], "translation": [shift], "none": []}[dof]
-    similarity_fn = mutual_information if similarity == "mi" else global_ncc
+    similarity_fn = _mi_to if similarity == "mi" else _ncc_to
 
     def matrix(scale: float) -> torch.Tensor:
         a = torch.eye(ndim, dtype=dtype) + linear
@@ -204,6 +224,7 @@ def _optimise(levels, per_level, fixed, fixed_affine, moving, moving_affine, par
         if points.shape[1] > max_points:
             keep = torch.randperm(points.shape[1], generator=torch.Generator().manual_seed(0))[:max_points]
             points, target = points[:, keep], target[keep]
+        score = similarity_fn(target)  # sampled (P,) -> similarity to this level's fixed samples
         with torch.no_grad():  # keep the shift in mm while its unit changes with the level
             shift *= scale / spacing
         scale = spacing
@@ -212,7 +233,7 @@ def _optimise(levels, per_level, fixed, fixed_affine, moving, moving_affine, par
             m_mat = matrix(scale)
             mapped = m_mat[:ndim, :ndim] @ points + m_mat[:ndim, ndim:]
             sampled = sample_world(m_data[None], m_aff, mapped)[0].clamp(0, 1)
-            s = similarity_fn(sampled, target)
+            s = score(sampled)
             value = float(s.detach())
             if step == n_steps or optimizer is None:
                 break
