@@ -254,8 +254,10 @@ def markdown(results: dict) -> str:
              f"average {results['load_before']:.2f} before, {results['load_after']:.2f} after.", ""]  # fmt: skip
     for set_name, block in results["sets"].items():
         syn = block["methods"].get("ANTs SyN")
+        change = block["axis_order_dice_change_max"]
+        change = "not measured" if change is None else f"{change:.4f}"
         lines += [f"**{set_name}** ({block['pairs']} pairs; largest Dice change when the moving file is stored in "
-                  f"another axis order: {block['axis_order_dice_change_max']})", "",
+                  f"another axis order: {change})", "",
                   "| method | Dice (sd) | % folding | median s | s / SyN's |", "|---|---|---|---|---|"]  # fmt: skip
         for method, s in block["methods"].items():
             ratio = s["seconds"] / syn["seconds"] if syn else float("nan")
