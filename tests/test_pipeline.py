@@ -274,3 +274,16 @@ def test_a_masked_array_is_refused(brain):
     a = np.ma.masked_less(np.ones((32, 32)), 0.5)
     with pytest.raises(ValueError, match="masked array"):
         sm.register(a, np.ones((32, 32)), sm.SearchMorph(sm.SearchMorphConfig(widths=(4, 8, 8, 8))))
+
+
+def test_parzen_weights_equal_the_dense_gaussian_windows():
+    # the affine stage's MI evaluates each window on its 6 nearest bins: the dense windows, to float32 precision
+    import torch
+
+    from searchmorph_lite.affine import parzen_weights
+
+    v = torch.cat([torch.tensor([0.0, 1.0, 0.5, 1 / 64]), torch.rand(500, generator=torch.Generator().manual_seed(0))])
+    centres = (torch.arange(32, dtype=torch.float64) + 0.5) / 32
+    dense = torch.exp(-((v.double()[:, None] - centres) ** 2) / (2 * (0.5 / 32) ** 2))
+    dense = dense / dense.sum(1, keepdim=True)
+    assert torch.allclose(parzen_weights(v).double(), dense, atol=2e-6)
