@@ -60,8 +60,8 @@ from IPython.display import Code
 import searchmorph_lite as sm
 from searchmorph_lite import book
 from searchmorph_lite.book import setup
+from searchmorph_lite.brute_force import bilinear_at, warp_naive
 from searchmorph_lite.data import load_dataset
-from searchmorph_lite.references import bilinear_at, warp_naive
 
 # %% tags=["parameters"]
 seed = 0
@@ -116,7 +116,7 @@ print(
 #
 # The loops below say exactly that, one pixel at a time: `bilinear_at` is the sum over the four neighbours $q$
 # of $p^w$, and `warp_naive` visits every pixel $p$ of every image and channel. They live in the library's
-# `searchmorph_lite.references`, the brute-force versions that the library's tests check `warp` against, so the
+# `searchmorph_lite.brute_force`, the brute-force versions that the library's tests check `warp` against, so the
 # book and the tests prove the same thing. Here is their source:
 
 # %%
@@ -453,7 +453,7 @@ widgets.interact(explore, max_displacement=slider)
 # %% [markdown]
 # ## What we built
 #
-# - `warp_naive` (`searchmorph_lite.references`): eq. 8 with loops, equal to `sm.warp` (and
+# - `warp_naive` (`searchmorph_lite.brute_force`): eq. 8 with loops, equal to `sm.warp` (and
 #   `sm.SpatialTransformer`), which is differentiable.
 # - The conventions: channel 0 rows, channel 1 columns, sample at $p + \phi(p)$, so $+5$ columns moves content left;
 #   `mode="nearest"` for labels.

@@ -59,8 +59,8 @@ from matplotlib.colors import ListedColormap, TwoSlopeNorm
 import searchmorph_lite as sm
 from searchmorph_lite import book
 from searchmorph_lite.book import setup
+from searchmorph_lite.brute_force import dice_naive, jacobian_naive, local_ncc_naive
 from searchmorph_lite.data import load_dataset
-from searchmorph_lite.references import dice_naive, jacobian_naive, local_ncc_naive
 
 # %% tags=["parameters"]
 seed = 0
@@ -146,7 +146,7 @@ print("MSE(moving, fixed) =", f"{naive:.4g}")
 # increasing or decreasing affine function of the other. Windows reaching past the border read zeros (as in
 # VoxelMorph, whose LNCC the library follows), and $\varepsilon = 10^{-5}$ keeps flat background windows at 0
 # instead of 0/0. The loop, one window at a time, is the library's brute-force reference in
-# `searchmorph_lite.references`, the one its tests check `sm.local_ncc` against:
+# `searchmorph_lite.brute_force`, the one its tests check `sm.local_ncc` against:
 
 # %%
 Code(inspect.getsource(local_ncc_naive), language="python")

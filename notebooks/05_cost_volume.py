@@ -91,11 +91,11 @@ you_are_here("cost volume")
 # The first two indices walk over the moving map, the last two over the fixed map: $C_{ij\cdot\cdot}$ is an
 # $H \times W$ image that says how much moving pixel $(i, j)$ looks like each fixed pixel. Four loops and a dot
 # product, in our layout (batch first, channels before space). This loop lives in the library's
-# `searchmorph_lite.references`, the brute-force versions the library's tests check against, so the book and
+# `searchmorph_lite.brute_force`, the brute-force versions the library's tests check against, so the book and
 # the tests prove the same thing; here is its source:
 
 # %%
-from searchmorph_lite.references import cost_volume_naive
+from searchmorph_lite.brute_force import cost_volume_naive
 
 Code(inspect.getsource(cost_volume_naive), language="python")
 

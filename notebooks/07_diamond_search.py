@@ -59,8 +59,8 @@ from IPython.display import Code
 import searchmorph_lite as sm
 from searchmorph_lite.book import best_time as book_best_time
 from searchmorph_lite.book import setup, you_are_here
+from searchmorph_lite.brute_force import diamond_naive, search_naive
 from searchmorph_lite.data import load_dataset
-from searchmorph_lite.references import diamond_naive, search_naive
 
 # %% tags=["parameters"]
 seed = 0
@@ -94,7 +94,7 @@ you_are_here("search")
 # The offsets $D$ form a diamond. Row $D_0 = t$ holds $2(r - |t|) + 1$ offsets, so there are
 # $K = \sum_{t=-r}^{r} \big(2(r-|t|)+1\big) = 2r^2 + 2r + 1$ of them. The brute-force set, straight from eq. 3,
 # by looping over the enclosing square; like every loop the library's tests check against, it lives in
-# `searchmorph_lite.references`:
+# `searchmorph_lite.brute_force`:
 
 # %%
 Code(inspect.getsource(diamond_naive), language="python")
@@ -465,7 +465,7 @@ _ = widgets.interact(
 # ## What we built
 #
 # The diamond of eq. 3, `sm.diamond_offsets(r)`: $K = 2r^2 + 2r + 1$ offsets per level, against RAFT's $(2r+1)^2$.
-# The search map with loops (`searchmorph_lite.references.search_naive`), equal to `sm.search_pyramid`, and a field
+# The search map with loops (`searchmorph_lite.brute_force.search_naive`), equal to `sm.search_pyramid`, and a field
 # that differs on the two axes to test it.
 # `sm.search_features`: the same map from pooled features, without the $(HW)^2$ volume.
 #

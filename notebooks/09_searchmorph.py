@@ -189,20 +189,20 @@ print(
 # **(2) The correlation lookup** (chapters 5-7). As RAFT's `CorrBlock`, a lookup is built once per pair from
 # the query features (the fixed image's, see below) and the searched ones, and then called with the current
 # field: `lookup(flow)` returns the search map. Three lookups share this signature, and the model picks one in
-# `__init__` with one line, `self.lookup = partial(LOOKUPS[config.lookup], radius=..., levels=...,
+# `__init__` with one line, `self.make_lookup = partial(LOOKUPS[config.lookup], radius=..., levels=...,
 # normalize=...)`, so the loop never asks which one it has:
 
 # %% tags=["nbval-check-output"]
 for flags in ({}, {"all_pairs": True}, {"use_search": False}):
     c = sm.SearchMorphConfig(**flags)
-    lookup_class = sm.SearchMorph(c).lookup.func
+    lookup_class = sm.SearchMorph(c).make_lookup.func
     print(
         f"SearchMorphConfig({', '.join(f'{k}={v}' for k, v in flags.items())})".ljust(
             38
         ),
         f"-> {c.lookup!r:<19} -> sm.{lookup_class.__name__}",
     )
-print("this model:", model.lookup.func.__name__, model.lookup.keywords)
+print("this model:", model.make_lookup.func.__name__, model.make_lookup.keywords)
 
 # %% [markdown]
 # `AllPairsLookup` builds the volume of eq. 1-2 and its pyramid in `__init__`, `OnTheFlyLookup` only pools the
@@ -381,7 +381,7 @@ for name, flags in ABLATIONS.items():
     with torch.no_grad():
         n_fields = len(v(small, small).flows)
     rows[name] = {
-        "lookup": v.lookup.func.__name__,
+        "lookup": v.make_lookup.func.__name__,
         "search map": v.iterator.motion_encoder[0].in_channels - 2,
         "context": v.config.context_dim if v.config.use_context else 0,
         "GRU input": v.iterator.gru.conv_z.in_channels - v.config.hidden_dim,
@@ -408,8 +408,8 @@ parts = [
     ("SearchMorph", "iterator: motion encoder", model.iterator.motion_encoder),
     ("SearchMorph", "iterator: ConvGRU", model.iterator.gru),
     ("SearchMorph", "iterator: flow head", model.iterator.flow_head),
-    ("VoxelMorph", "encoder", vm.encoder),
-    ("VoxelMorph", "decoder", vm.decoder),
+    ("VoxelMorph", "encoder", vm.unet.down),
+    ("VoxelMorph", "decoder", vm.unet.up),
     ("VoxelMorph", "extra full-resolution convs", vm.extra),
     ("VoxelMorph", "flow layer", vm.flow_layer),
 ]

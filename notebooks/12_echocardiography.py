@@ -65,6 +65,7 @@ from matplotlib.colors import LinearSegmentedColormap
 import searchmorph_lite as sm
 from searchmorph_lite.baselines import ants_register
 from searchmorph_lite.book import METHOD_COLORS, load_or_train, paired_verdict, setup
+from searchmorph_lite.brute_force import dice_naive
 from searchmorph_lite.data import load_dataset
 from searchmorph_lite.losses import local_ncc
 from searchmorph_lite.provenance import (
@@ -72,7 +73,6 @@ from searchmorph_lite.provenance import (
     hardware_line,
     train_with_card,
 )
-from searchmorph_lite.references import dice_naive
 from searchmorph_lite.train import TrainConfig
 
 # %% tags=["parameters"]

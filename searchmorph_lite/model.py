@@ -114,7 +114,8 @@ class SearchMorph(RegistrationModel):
             cfg.in_channels, cfg.widths, cfg.feature_dim, context_dim, cfg.joint_encoder, cfg.ndim, cfg.feature_stride
         )
         lookup = LOOKUPS[cfg.lookup]  # all-pairs volume, on-the-fly search, or "w/o search": the one switch
-        self.lookup = partial(lookup, radius=cfg.radius, levels=self.levels, normalize=cfg.normalize_correlation)
+        # a factory: make_lookup(query, searched) builds the lookup once per pair; forward then calls it per iteration
+        self.make_lookup = partial(lookup, radius=cfg.radius, levels=self.levels, normalize=cfg.normalize_correlation)
         search_dim = lookup.channels(cfg.feature_dim, cfg.radius, self.levels, cfg.ndim)
         self.iterator = DeformationFieldIterator(search_dim, context_dim, cfg.hidden_dim, cfg.motion_dim, cfg.ndim)
         # the pyramid halves the feature grid levels - 1 times
@@ -135,7 +136,7 @@ class SearchMorph(RegistrationModel):
         # Under mixed precision (TrainConfig.amp) the search and the field stay float32 (_precision.py); the
         # encoders, the ConvGRU and the flow head run in reduced precision, and each update is added in float32.
         with full_precision(moving):  # correlation pyramid (eq. 1-2), searched around the field (eq. 3)
-            lookup = self.lookup(at_least_float32(h_f), at_least_float32(h_m))
+            lookup = self.make_lookup(at_least_float32(h_f), at_least_float32(h_m))
         hidden = self.iterator.initial_hidden(context, h_f)
         flow = moving.new_zeros(h_f.shape[0], self.ndim, *h_f.shape[2:])  # phi_0 = 0, in the images' float type
         fields = []

@@ -11,7 +11,7 @@ from searchmorph_lite import (
     search_features,
     search_pyramid,
 )
-from searchmorph_lite.references import bilinear_at, cost_volume_naive, diamond_naive, pool_naive, search_naive
+from searchmorph_lite.brute_force import bilinear_at, cost_volume_naive, diamond_naive, pool_naive, search_naive
 
 
 def _features(b=2, d=3, h=6, w=5, seed=0):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from searchmorph_lite import grad_l2_loss, lncc_loss, local_ncc, mse_loss, registration_loss
-from searchmorph_lite.references import local_ncc_naive
+from searchmorph_lite.brute_force import local_ncc_naive
 
 
 def test_mse_loss_value():

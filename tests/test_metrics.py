@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from searchmorph_lite import dice, folding_ratio, jacobian_determinant
-from searchmorph_lite.references import dice_naive, jacobian_naive
+from searchmorph_lite.brute_force import dice_naive, jacobian_naive
 
 
 def test_dice_matches_naive_per_label():

@@ -25,7 +25,7 @@ from searchmorph_lite import (
     search_pyramid,
     warp,
 )
-from searchmorph_lite.references import warp_naive_3d
+from searchmorph_lite.brute_force import warp_naive_3d
 
 TINY_3D = dict(ndim=3, widths=(4, 8, 8), feature_dim=4, context_dim=8, hidden_dim=8, motion_dim=8, levels=2,
                radius=1, iterations=2)  # fmt: skip

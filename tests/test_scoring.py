@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from searchmorph_lite.references import dice_naive
+from searchmorph_lite.brute_force import dice_naive
 from searchmorph_lite.scoring import global_ncc, identity_method, run_method, score_flow
 
 from conftest import disc_pair

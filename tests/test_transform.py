@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from searchmorph_lite import SpatialTransformer, identity_grid, upsample_flow, warp
-from searchmorph_lite.references import warp_naive
+from searchmorph_lite.brute_force import warp_naive
 
 
 def test_zero_flow_returns_input_exactly():
