@@ -157,10 +157,11 @@ plt.show()
 #
 # The lean search (chapter 7) never stores it: level $l$ of the correlation at $(p, q)$ is
 # $\langle h_M(p), \text{avgpool}_{2^l}(h_F)(q) \rangle$, so it samples the pooled *features* at the $K$
-# searched positions and takes inner products. The table below is `benchmarks/memory3d.py`'s stored output: the
-# first column by the formula, the second measured (the bytes of tensors alive at once while `search_features`
-# builds one search map). We recompute the formula here (`searchmorph_lite.correlation.all_pairs_bytes`) and check
-# the stored column.
+# searched positions and takes inner products. The table below is the stored output of the benchmarks' `memory`
+# suite (`python -m benchmarks --suite memory`, code in `benchmarks/memory.py`, results in
+# `benchmarks/memory3d.json`): the first column by the formula, the second measured (the bytes of tensors alive at
+# once while `search_features` builds one search map). The suite takes the formula from the library
+# (`searchmorph_lite.correlation.all_pairs_bytes`); we recompute it here and check the stored column.
 
 # %%
 memory = json.loads(Path("../benchmarks/memory3d.json").read_text())["rows"]

@@ -70,13 +70,14 @@ device = "auto"
 # PyTorch CPU threads: one is fastest for these small tensors and steady on a busy
 # machine; 0: PyTorch's default
 threads = 1
-# brain2d-subjects test pairs scored live; full scale: 24 (benchmarks/beyond.py's)
+# brain2d-subjects test pairs scored live; full scale: 24 (the beyond suite's)
 test_pairs = 4
 # squarings of the chapter's own exponentials (the trained models use their config's)
 integration_steps = 7
 # the size of the random fields of the first sections
 field_size = (96, 96)
-# benchmarks/beyond.py's stored output, relative to notebooks/ (the chapters' cwd)
+# stored output of `python -m benchmarks --suite beyond`, relative to notebooks/ (the
+# chapters' cwd)
 results_file = "../benchmarks/beyond_results.json"
 
 # %%
@@ -387,10 +388,11 @@ print(
 )
 
 # %% [markdown]
-# Each test pair is scored as `benchmarks/beyond.py`'s `score` does, so the live numbers can be tied to its stored
-# table. The field comes from the public `sm.register`, the moving labels are warped with nearest neighbour, and
-# we take the mean Dice over labels 1-3 (CSF and other brain, grey matter, white matter), the folding % and
-# $\det J$ at every pixel. The identity (the zero field) is the floor.
+# Each test pair is scored as the benchmarks' `beyond` suite scores it (`benchmarks/beyond.py`: the library's
+# `searchmorph_lite.scoring.run_methods`, with its `jacobian` hook for $\det J$), so the live numbers can be tied
+# to its stored table. The field comes from the public `sm.register`, the moving labels are warped with nearest
+# neighbour, and we take the mean Dice over labels 1-3 (CSF and other brain, grey matter, white matter), the
+# folding % and $\det J$ at every pixel. The identity (the zero field) is the floor.
 
 # %%
 LABELS = [1, 2, 3]
@@ -398,7 +400,7 @@ LABELS = [1, 2, 3]
 
 def score(pair: dict, flow) -> tuple[float, float, np.ndarray]:
     """(mean Dice over LABELS, % folding, det J of every pixel) of a field (ndim, *S)
-    on a dataset pair: benchmarks/beyond.py's score."""
+    on a dataset pair, as the beyond suite's run_methods and jacobian hook score it."""
     f = torch.as_tensor(np.ascontiguousarray(flow)).double()[None]
     warped = sm.warp(pair["moving_labels"][None].double(), f, mode="nearest")
     d = sm.dice(warped.round().long(), pair["fixed_labels"][None], LABELS)[0]
@@ -537,7 +539,7 @@ for kind in models:
 # %% [markdown]
 # ## The stored benchmark, at full scale
 #
-# `python benchmarks/beyond.py` scores the same models, with the same `score`, on 24 test pairs on an idle
+# `python -m benchmarks --suite beyond` scores the same models, with the same scores, on 24 test pairs on an idle
 # machine. It adds ANTs SyN, the seconds per pair and the peak memory of one forward pass, and stores them in
 # `benchmarks/beyond_results.json`. When that file is present, the cell below shows its 2D rows and asserts that
 # the live Dice and folding of the first pairs agree with its `per_pair` values (atol 2e-3 for Dice, one pixel for
@@ -549,7 +551,8 @@ stored = json.loads(stored_path.read_text()) if stored_path.exists() else None
 if stored is None or "2d" not in stored:
     print(
         f"{stored_path} is missing (or has no 2d part): run "
-        "`python benchmarks/beyond.py` to add ANTs SyN, timings and the 24-pair table"
+        "`python -m benchmarks --suite beyond` to add ANTs SyN, timings and the 24-pair "
+        "table"
     )
 else:
     rows2d = stored["2d"]["rows"]
@@ -566,7 +569,7 @@ else:
             )
     n_checked = min(len(items), len(by_model[SHIPPED["displacement"]]["per_pair"]))
     print(
-        f"stored output of `python benchmarks/beyond.py` on {stored['machine']}, "
+        f"stored output of `python -m benchmarks --suite beyond` on {stored['machine']}, "
         f"{stored['threads']} threads ({stored['2d']['data']}); the live scores of "
         f"the first {n_checked} pairs agree with its per_pair values"
     )

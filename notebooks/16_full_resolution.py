@@ -73,9 +73,9 @@ device = "auto"
 # PyTorch CPU threads (one is steady on a shared machine); 0: PyTorch's default
 threads = 1
 # brain2d-subjects test pairs (192 x 160) scored live; full scale: 24, the pairs of
-# benchmarks/beyond.py (the split holds 48)
+# the beyond suite (the split holds 48)
 test_pairs = 4
-# stored outputs of `python benchmarks/beyond.py` and `python benchmarks/memory3d.py`
+# stored outputs of `python -m benchmarks --suite beyond` and `--suite memory`
 results_file = "../benchmarks/beyond_results.json"
 memory_file = "../benchmarks/memory3d.json"
 # image size of the small all-pairs proofs (keep the stride-1 volume small)
@@ -122,7 +122,7 @@ def first_iteration(model, moving: torch.Tensor, fixed: torch.Tensor) -> dict:
     stride = model.config.feature_stride
     with torch.no_grad():
         h_m, h_f, context = model.encoder(moving, fixed)
-        lookup = model.lookup(h_f, h_m)  # on-the-fly search (eq. 1-3)
+        lookup = model.make_lookup(h_f, h_m)  # on-the-fly search (eq. 1-3)
         hidden = model.iterator.initial_hidden(context, h_f)
         phi = h_f.new_zeros(1, model.ndim, *h_f.shape[2:])  # phi_0 = 0
         search = lookup(phi)
@@ -170,7 +170,7 @@ pd.DataFrame(shapes)
 # pooled features plus one search map, linear in $N$, so it grows only by $2^d = 4$ in 2D.
 #
 # The formula is the library's `searchmorph_lite.correlation.all_pairs_bytes`, which the benchmarks' memory table
-# (`benchmarks/memory3d.py`) uses too:
+# (the `memory` suite, `benchmarks/memory.py`) uses too:
 
 # %%
 Code(inspect.getsource(all_pairs_bytes), language="python")
@@ -185,7 +185,7 @@ for s in (2, 1):
     net = sm.SearchMorph(sm.SearchMorphConfig(feature_stride=s, all_pairs=True)).eval()
     with torch.no_grad():
         h_m, h_f, _ = net.encoder(small, small.flip(-1))
-        pyramid = net.lookup(h_f, h_m).pyramid
+        pyramid = net.make_lookup(h_f, h_m).pyramid
     real = sum(t.numel() * t.element_size() for t in pyramid)
     formula = all_pairs_bytes(tuple(h_f.shape[2:]), net.levels)
     assert real == formula
@@ -382,8 +382,9 @@ else:
 #
 # Each model registers the test pairs through the public `sm.register`; the moving labels are warped with nearest
 # neighbour, Dice is the mean over the three tissue labels (1 CSF and other brain, 2 grey matter, 3 white
-# matter), and folding is the % of pixels with $\det J \le 0$. This is `benchmarks/beyond.py`'s `score`, so the
-# live numbers below must match that script's stored `per_pair` values.
+# matter), and folding is the % of pixels with $\det J \le 0$. This is how the benchmarks' `beyond` suite scores
+# (`searchmorph_lite.scoring.run_methods` in `benchmarks/beyond.py`), so the live numbers below must match its
+# stored `per_pair` values.
 
 # %%
 LABELS = [1, 2, 3]
@@ -414,8 +415,8 @@ for s, model in models.items():
     live[s] = pd.DataFrame(rows)
 
 # %% [markdown]
-# The stored results (`benchmarks/beyond_results.json`, written by `python benchmarks/beyond.py` on an idle
-# machine) hold the same scores on 24 pairs, plus the time per pair and the peak bytes of the tensors alive
+# The stored results (`benchmarks/beyond_results.json`, written by `python -m benchmarks --suite beyond` on an
+# idle machine) hold the same scores on 24 pairs, plus the time per pair and the peak bytes of the tensors alive
 # during one forward pass. When the file is present, the live scores are checked against it pair by pair.
 
 # %%
@@ -425,7 +426,7 @@ rows_2d = (stored or {}).get("2d", {}).get("rows", [])
 stored_rows = {r.get("model", r["method"]): r for r in rows_2d}
 if stored_rows:
     print(
-        f"stored output of `python benchmarks/beyond.py` on {stored['machine']}, "
+        f"stored output of `python -m benchmarks --suite beyond` on {stored['machine']}, "
         f"{stored['threads']} threads (torch {stored['torch']})"
     )
     for s, name in SHIPPED.items():
@@ -455,7 +456,7 @@ for s, df in live.items():
 
 # %% [markdown]
 # The whole comparison in one table: the live columns come from this run; the stored ones, when the file is
-# present, from `benchmarks/beyond.py` (its seconds and bytes are what this book cannot re-measure on every
+# present, from the `beyond` suite (its seconds and bytes are what this book cannot re-measure on every
 # machine, so they are shown as stored outputs, with the machine they ran on). "all-pairs volume" is what the
 # paper's formulation would need for the same model (the formula above).
 
@@ -645,7 +646,7 @@ if all(st.values()) and all(r.get("peak_forward_bytes") for r in st.values()):
         f"{peak[2] / MB:.0f} MB ({peak[1] / peak[2]:.1f}x)"
     )
 else:
-    print("peak forward memory: not stored (run `python benchmarks/beyond.py`)")
+    print("peak forward memory: not stored (`python -m benchmarks --suite beyond`)")
 losses = [f"time per pair ({secs[1] / secs[2]:.1f}x)"]
 if all(st.values()) and all(r.get("peak_forward_bytes") for r in st.values()):
     losses.append(f"peak forward memory ({peak[1] / peak[2]:.1f}x)")
