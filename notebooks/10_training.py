@@ -63,7 +63,7 @@ from IPython.display import display
 from torch.utils.data import DataLoader
 
 import searchmorph_lite as sm
-from searchmorph_lite.book import setup
+from searchmorph_lite.book import runs_folder, setup
 from searchmorph_lite.data import load_dataset
 from searchmorph_lite.pretrained import pretrained_path
 from searchmorph_lite.provenance import hardware_line
@@ -92,6 +92,10 @@ epochs = 6  # the paper trains 1500
 batch_size = 4
 val_pairs = 4  # validation pairs scored after every epoch
 iteration_weight = 0.8  # gamma of the sequence loss (RAFT's value)
+# where this chapter's two runs are written: "" a temporary folder (CI scale); "auto"
+# runs/ next to the notebooks, or Drive's searchmorph-runs on Colab when mounted;
+# or a folder. Chapter 11 evaluates a kept folder with its own runs_dir.
+runs_dir = ""
 
 # %%
 # seed, deterministic kernels (same numbers on every rerun), threads; returns the device
@@ -294,9 +298,22 @@ for f in dataclasses.fields(brain_sm):
 #   fixed set of pairs.
 # - `train_iterations`: `[lo, hi]` draws each step's number of GRU iterations from `lo..hi` (SearchMorph only), so
 #   the iterator learns to settle rather than to stop at one count (RAFT does the same).
+# - `grad_clip`: RAFT's clipping of the gradients' global norm to this value before each Adam step (0: none); the
+#   3D configs use 1.0, because SearchMorph-3D trained without it saturated its GRU.
+# - `amp`: mixed precision on a GPU, `off` (the default), `bf16` or `fp16`, explained next.
 #
-# The shipped `brain2d` and `echo2d` used all of them: their configs (`configs/brain2d_subjects_searchmorph.yaml`,
-# `configs/echo2d_wide_searchmorph.yaml`) differ from the paper's in these fields:
+# On a CUDA GPU, `amp: bf16` (or `--amp bf16` on the command line) runs the forward pass under `torch.autocast`:
+# the convolutions of the encoders, the motion encoder, the ConvGRU and the flow head run in bfloat16. `amp: fp16`
+# uses float16 with a loss scaler, whose state `--resume` keeps. Three things stay in float32 because reduced
+# precision breaks them: positions (the field, its sum over iterations, the search positions and every warp;
+# bfloat16 keeps 8 mantissa bits, so 150 px would round to a whole pixel), the correlations of eq. 1-3, and the
+# loss of eq. 9 (local NCC's variances are differences of box sums, and $\det J$ is a difference of products).
+# Weights and Adam stay float32. A CPU refuses amp. `bash .ci/gpu_check.sh` measures the speed-up; until it has
+# run on a GPU, the book quotes no amp timing.
+#
+# The shipped 2D models `brain2d` and `echo2d` used the first five (neither `grad_clip` nor `amp`): their configs
+# (`configs/brain2d_subjects_searchmorph.yaml`, `configs/echo2d_wide_searchmorph.yaml`) differ from the paper's in
+# these fields:
 
 # %%
 shipped_yaml = Path("../configs/brain2d_subjects_searchmorph.yaml")
@@ -322,6 +339,14 @@ if shipped_yaml.is_file():  # not on Colab, where configs/ is not installed
 # epochs of batches of `batch_size`. After every epoch `train` scores `val_pairs` validation pairs (mean Dice over
 # the three tissue labels, and % folding). The budget is set in the parameters cell; its default, a few dozen
 # optimizer steps, is chosen to run in under a minute on a shared CPU: a tiny fraction of the paper's training.
+#
+# Each model's run (`checkpoint.pt`, rewritten after every epoch) goes to a subfolder named after the model
+# (`SearchMorph/`, `VoxelMorph/`) of the folder that `runs_dir` names, printed below. At the CI scale
+# (`runs_dir = ""`) that is a temporary folder. At the GPU scale (`configs/book_gpu.yaml`) it is `"auto"`: `runs/`
+# next to the notebooks, or, on Colab with Google Drive mounted (`from google.colab import drive;
+# drive.mount("/content/drive")`), `/content/drive/MyDrive/searchmorph-runs`, which outlives the Colab session. A
+# run already in that folder is resumed: an interrupted one continues, a finished one is loaded as it is. Chapter
+# 11, run with the same `runs_dir`, evaluates these two models instead of the shipped ones.
 
 
 # %%
@@ -348,14 +373,17 @@ def ci_config(model: str, model_config: dict) -> TrainConfig:
     )
 
 
-run_dir = Path(tempfile.mkdtemp())
+kept = runs_folder(runs_dir)  # None: a temporary folder
+run_dir = kept or Path(tempfile.mkdtemp())
+print(f"runs in {run_dir.resolve()}" if kept else "runs in a temporary folder")
 runs = {}
 for name, model_config in (
     ("SearchMorph", {"radius": 3, "iterations": 4}),
     ("VoxelMorph", {}),
 ):
+    again = (run_dir / name / "checkpoint.pt").is_file()  # a kept run: continue it
     runs[name] = train(
-        ci_config(name, model_config), run_dir / name, device=device, progress=False
+        ci_config(name, model_config), run_dir / name, again, device, progress=False
     )
 models = {
     name: sm.load_checkpoint(run_dir / name / "checkpoint.pt", device=device)
@@ -553,9 +581,12 @@ print(
 # %% [markdown]
 # Cost grows roughly with the number of pixels, so these rates give a first estimate of a full run at the paper's
 # size. The paper trains 1500 epochs; on a GPU (Colab's T4 or better) a few hundred epochs of brain2d's 400 pairs
-# are a matter of hours. For a GPU run, set in the parameters cell `image_size = (192, 160)`, `train_pairs = 400`,
-# `epochs = 100` (or more), `val_pairs = 40`, or use the command line with `configs/brain2d_searchmorph.yaml` and
-# `--epochs`.
+# are a matter of hours. For a GPU run, pass `configs/book_gpu.yaml` to papermill (its `full` section sets
+# `image_size = (192, 160)`, `train_pairs = 400`, `epochs = 100`, `val_pairs = 40` and `runs_dir = "auto"`), or set
+# them in the parameters cell, or use the command line with `configs/brain2d_searchmorph.yaml` and `--epochs`.
+# Chapter 11 with `runs_dir = "auto"` then scores the two runs, trained on `brain2d`'s atlas pairs, on
+# `brain2d-subjects`' test pairs (virtual subjects, with bias, blur and noise): images unlike their training
+# pairs, a harder test than their validation Dice.
 
 # %%
 scale = (192 * 160) / (image_size[0] * image_size[1])

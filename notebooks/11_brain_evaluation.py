@@ -68,6 +68,7 @@ from searchmorph_lite.book import (
     load_or_train,
     method_color,
     paired_verdict,
+    runs_folder,
     setup,
 )
 from searchmorph_lite.data import load_dataset
@@ -96,6 +97,9 @@ threads = 1
 use_pretrained = True
 # your own runs instead: {"SearchMorph": "runs/a/checkpoint.pt", "VoxelMorph": ...}
 checkpoints = {}
+# or the folder where chapter 10 kept its runs (its runs_dir; "auto" finds it the same
+# way); "": the shipped models, as above
+runs_dir = ""
 # size for the models trained here (192 x 160: the shipped models'; GPU scale of every
 # chapter: configs/book_gpu.yaml)
 image_size = (64, 48)
@@ -212,8 +216,10 @@ print(
 # $\lambda \cdot \mathrm{mean}(\mathrm{relu}(0.1 - \det(I + \nabla u)))$ on every iteration's field
 # (`TrainConfig.fold_weight` $= \lambda$; the same barrier that refinement uses below), with $\lambda$ chosen in a
 # one-epoch pilot on validation pairs (`configs/brain2d_subjects_searchmorph.yaml` records the pilot's numbers).
-# Or both networks come from your own runs (`checkpoints`), or both are trained here for `train_seconds` CPU
-# seconds each. We never mix the sources.
+# Or both networks come from your own runs: the files that `checkpoints` names, or chapter 10's runs in the folder
+# that `runs_dir` names (set it to the value chapter 10 ran with; `"auto"` at the GPU scale of
+# `configs/book_gpu.yaml`). Or both are trained here for `train_seconds` CPU seconds each. We never mix the
+# sources.
 
 
 # %%
@@ -249,9 +255,12 @@ models, cards, origin = load_or_train(
     device,
     use_pretrained=use_pretrained,
     checkpoints=checkpoints,
+    runs_dir=runs_dir,
 )
 source = {
-    "checkpoints": "your checkpoints",
+    "checkpoints": f"chapter 10's runs in {runs_folder(runs_dir)}"
+    if runs_dir
+    else "your checkpoints",
     "pretrained": "pretrained",
     "trained": "trained in this run",
 }[origin]

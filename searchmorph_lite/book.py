@@ -1,5 +1,6 @@
 """What the book's chapters share, written once (d2l's ``#@save``): the setup cell, test fields and hand-made
-features, parameter counts, the choice between shipped and freshly trained models, SearchMorph's pipeline (Fig. 1)
+features, parameter counts, where chapter 10 keeps its runs, the choice between shipped, your own and freshly
+trained models, SearchMorph's pipeline (Fig. 1)
 as a diagram, method colours, paired verdicts and synchronised timings.
 
 matplotlib is a book dependency, not the library's: it is imported inside the functions, so
@@ -8,8 +9,10 @@ matplotlib is a book dependency, not the library's: it is imported inside the fu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +81,42 @@ def n_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+# Where "auto" keeps runs on Colab when Google Drive is mounted: a Colab machine's own disk is gone after the session.
+DRIVE_RUNS = Path("/content/drive/MyDrive/searchmorph-runs")
+
+
+def runs_folder(runs_dir: str | Path = "auto") -> Path | None:
+    """Folder (a Path) where chapter 10 keeps its training runs, one subfolder per model; None for "" (a temporary
+    folder: the CI scale's runs are not kept).
+
+    "auto": Google Drive's ``searchmorph-runs`` on Colab with Drive mounted (``drive.mount("/content/drive")``),
+    else ``runs/`` in the current folder, which is the notebooks' folder when a chapter runs (git ignores it).
+    Any other value is the folder itself.
+    """
+    if runs_dir in ("", None):
+        return None
+    if runs_dir == "auto":
+        on_colab = "google.colab" in sys.modules
+        return DRIVE_RUNS if on_colab and DRIVE_RUNS.parent.is_dir() else Path("runs")
+    return Path(runs_dir)
+
+
+def run_checkpoints(runs_dir: str | Path, names: Iterable[str]) -> dict[str, Path]:
+    """name -> ``runs_folder(runs_dir)/name/checkpoint.pt`` for every name ({} for runs_dir ""), each present.
+
+    Raises FileNotFoundError naming the missing files: a missing run is an error, not a silent fall-back to other
+    models.
+    """
+    folder = runs_folder(runs_dir)
+    if folder is None:
+        return {}
+    files = {name: folder / name / "checkpoint.pt" for name in names}
+    missing = [str(f) for f in files.values() if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no run in {folder} for: {', '.join(missing)} (chapter 10 writes them there)")
+    return files
+
+
 def load_or_train(
     shipped: dict[str, str],
     train: Callable[[str], tuple[nn.Module, dict]],
@@ -85,10 +124,12 @@ def load_or_train(
     use_pretrained: bool = True,
     checkpoints: dict[str, str] | None = None,
     expected_model: str | None = None,
+    runs_dir: str | Path = "",
 ) -> tuple[dict[str, nn.Module], dict[str, dict], str]:
     """(models, cards, source) for every name of ``shipped`` (name -> pretrained model name), all from one source.
 
-    The source is "checkpoints" when ``checkpoints`` (name -> file) names every model; else "pretrained" when
+    The source is "checkpoints" when ``checkpoints`` (name -> file) names every model, or when ``runs_dir`` (a
+    folder of runs, see :func:`run_checkpoints`) holds one for every name; else "pretrained" when
     ``use_pretrained`` and every shipped model is installed; else "trained": ``train(name)`` returns (model, card).
     Never a mix, so that the models compared share one budget. A checkpoint must hold the model class
     ``expected_model`` (default: its name). Cards as ``provenance.card_of``.
@@ -97,7 +138,9 @@ def load_or_train(
     from .pretrained import available_pretrained, load_pretrained
     from .provenance import card_of
 
-    checkpoints = checkpoints or {}
+    if runs_dir and checkpoints:
+        raise ValueError("give checkpoints or runs_dir, not both")
+    checkpoints = checkpoints or run_checkpoints(runs_dir, shipped)
     if set(checkpoints) >= set(shipped):
         source = "checkpoints"
     elif use_pretrained and set(shipped.values()) <= set(available_pretrained()):

@@ -1,9 +1,12 @@
-"""searchmorph_lite.book's chapter helpers (setup, smooth_field, patch_features, n_params, load_or_train) and the
-two shared definitions the chapters import from the model side: correlation.all_pairs_bytes and model.ABLATIONS."""
+"""searchmorph_lite.book's chapter helpers (setup, smooth_field, patch_features, n_params, runs_folder, load_or_train)
+and the two shared definitions the chapters import from the model side: correlation.all_pairs_bytes and
+model.ABLATIONS."""
 
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,3 +173,34 @@ def test_load_or_train_prefers_checkpoints_naming_every_model(tmp_path, capsys):
     one = {"SearchMorph": paths["SearchMorph"]}
     part = book.load_or_train(shipped, lambda n: (_tiny(n), {}), "cpu", use_pretrained=False, checkpoints=one)
     assert part[2] == "trained" and "not used" in capsys.readouterr().out
+
+
+def test_runs_folder_is_runs_here_or_drive_on_colab(tmp_path, monkeypatch):
+    assert book.runs_folder("") is None and book.runs_folder("my/runs") == Path("my/runs")
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    assert book.runs_folder("auto") == Path("runs")
+    monkeypatch.setitem(sys.modules, "google.colab", object())
+    assert book.runs_folder("auto") == Path("runs")  # Colab without Drive mounted
+    monkeypatch.setattr(book, "DRIVE_RUNS", tmp_path / "MyDrive" / "searchmorph-runs")
+    (tmp_path / "MyDrive").mkdir()
+    assert book.runs_folder("auto") == tmp_path / "MyDrive" / "searchmorph-runs"
+
+
+def test_load_or_train_evaluates_the_runs_chapter_10_wrote(tmp_path):
+    from test_train import TINY
+
+    from searchmorph_lite.train import TrainConfig, train
+
+    def no_training(name):
+        raise AssertionError(f"{name} trained although its run is in the folder")
+
+    runs = tmp_path / "runs"
+    with pytest.raises(FileNotFoundError, match="SearchMorph"):  # no run yet: an error, not the shipped model
+        book.load_or_train({"SearchMorph": "brain2d"}, no_training, "cpu", runs_dir=runs)
+    train(TrainConfig(**TINY), runs / "SearchMorph", device="cpu", progress=False)  # as chapter 10 writes it
+    models, cards, source = book.load_or_train({"SearchMorph": "brain2d"}, no_training, "cpu", runs_dir=runs)
+    written = sm.read_checkpoint(runs / "SearchMorph" / "checkpoint.pt")["state_dict"]
+    assert source == "checkpoints" and cards["SearchMorph"]["image_size"] == (64, 64)
+    assert all(torch.equal(v, written[k]) for k, v in models["SearchMorph"].state_dict().items())
+    with pytest.raises(ValueError, match="not both"):
+        book.load_or_train({"SearchMorph": "brain2d"}, no_training, checkpoints={"SearchMorph": "x"}, runs_dir=runs)
