@@ -551,8 +551,8 @@ stored = json.loads(stored_path.read_text()) if stored_path.exists() else None
 if stored is None or "2d" not in stored:
     print(
         f"{stored_path} is missing (or has no 2d part): run "
-        "`python -m benchmarks --suite beyond` to add ANTs SyN, timings and the 24-pair "
-        "table"
+        "`python -m benchmarks --suite beyond` to add ANTs SyN, timings and the "
+        "24-pair table"
     )
 else:
     rows2d = stored["2d"]["rows"]
@@ -569,7 +569,8 @@ else:
             )
     n_checked = min(len(items), len(by_model[SHIPPED["displacement"]]["per_pair"]))
     print(
-        f"stored output of `python -m benchmarks --suite beyond` on {stored['machine']}, "
+        "stored output of `python -m benchmarks --suite beyond` on "
+        f"{stored['machine']}, "
         f"{stored['threads']} threads ({stored['2d']['data']}); the live scores of "
         f"the first {n_checked} pairs agree with its per_pair values"
     )

@@ -426,7 +426,8 @@ rows_2d = (stored or {}).get("2d", {}).get("rows", [])
 stored_rows = {r.get("model", r["method"]): r for r in rows_2d}
 if stored_rows:
     print(
-        f"stored output of `python -m benchmarks --suite beyond` on {stored['machine']}, "
+        "stored output of `python -m benchmarks --suite beyond` on "
+        f"{stored['machine']}, "
         f"{stored['threads']} threads (torch {stored['torch']})"
     )
     for s, name in SHIPPED.items():
