@@ -580,8 +580,8 @@ print(
 
 # %% [markdown]
 # Cost grows roughly with the number of pixels, so these rates give a first estimate of a full run at the paper's
-# size. The paper trains 1500 epochs; on a GPU (Colab's T4 or better) a few hundred epochs of brain2d's 400 pairs
-# are a matter of hours. For a GPU run, pass `configs/book_gpu.yaml` to papermill (its `full` section sets
+# size. The paper trains 1500 epochs; on a GPU (Colab's T4 or better) we estimate a few hundred epochs of brain2d's
+# 400 pairs at hours: an estimate, not a measurement (no GPU has run this book yet). For a GPU run, pass `configs/book_gpu.yaml` to papermill (its `full` section sets
 # `image_size = (192, 160)`, `train_pairs = 400`, `epochs = 100`, `val_pairs = 40` and `runs_dir = "auto"`), or set
 # them in the parameters cell, or use the command line with `configs/brain2d_searchmorph.yaml` and `--epochs`.
 # Chapter 11 with `runs_dir = "auto"` then scores the two runs, trained on `brain2d`'s atlas pairs, on
