@@ -14,7 +14,8 @@ rigid + affine + SyN stages), and through ``searchmorph_lite.register_images`` t
 model's recommendation by default). ``--axis-orders 2`` also registers every pair a second time with the moving
 file in another axis order and reports the largest Dice change (the pipeline should not care).
 
-Sets: ``test`` (brain3d's test control grids and contrasts), ``2x deformation`` and ``T1 only``. Run on an idle
+Sets: ``test`` (brain3d's test control grids, unseen in training; T1 contrast), ``2x deformation`` and ``inverted
+contrast`` (T2-like, 1 - T1 inside the brain: a contrast no training pair has). Run on an idle
 machine (no training beside it): ``python benchmarks/volumes.py`` (the ``volumes`` suite of ``python -m
 benchmarks``) writes benchmarks/volumes_results.{json,md}. Smoke run: ``--pairs 1 --sets test --refine 2 --out
 /tmp/v``.
@@ -35,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import HERE, command, machine, set_threads, write_results  # noqa: E402
 
-SETS = {"test": {}, "2x deformation": {"max_displacement": 10.0}, "T1 only": {"contrast": "t1"}}
+# test's own contrast is T1; "inverted contrast" (T2-like) is one no training pair has
+SETS = {"test": {}, "2x deformation": {"max_displacement": 10.0}, "inverted contrast": {"contrast": "inverted"}}
 
 
 def brain3d_affine(shape) -> np.ndarray:

@@ -33,6 +33,30 @@ def test_splits_draw_different_subjects_and_test_uses_unseen_control_grids():
     assert set(GRIDS["test"]).isdisjoint(GRIDS["train"])
 
 
+def test_out_of_distribution_options_change_only_what_they_name():
+    base = dict(num_pairs=1, voxel_mm=4, artifacts=False)
+    default, split = (load_dataset("brain3d", "val", **base, **extra)[0] for extra in ({}, {"grids": "split"}))
+    assert torch.equal(default["moving"], split["moving"])  # "split" is the default: runs keep their data
+    # unseen control grids: neither training's nor test's, the same contrast draw, another deformation
+    assert set(GRIDS["unseen"]).isdisjoint(GRIDS["train"]) and set(GRIDS["unseen"]).isdisjoint(GRIDS["test"])
+    unseen = load_dataset("brain3d", "val", grids="unseen", **base)[0]
+    assert unseen["contrast"] == default["contrast"]
+    assert not torch.equal(unseen["moving_labels"], default["moving_labels"])
+    # inverted: 1 - T1 inside the brain (before the shared gamma and rescale), so the tissue order flips
+    t1, inverted = (load_dataset("brain3d", "val", contrast=c, **base)[0] for c in ("t1", "inverted"))
+    assert inverted["contrast"] == "inverted" and torch.equal(inverted["moving_labels"], t1["moving_labels"])
+    labels = t1["moving_labels"][0]
+    means = {c: [float(item["moving"][0][labels == k].mean()) for k in (1, 2, 3)] for c, item in
+             (("t1", t1), ("inverted", inverted))}  # fmt: skip
+    assert means["t1"][0] < means["t1"][1] < means["t1"][2]  # T1: CSF < grey < white
+    assert means["inverted"][0] > means["inverted"][1] > means["inverted"][2]
+    assert float(inverted["moving"][0][labels == 0].max()) == 0.0
+    mixed = load_dataset("brain3d", "train", num_pairs=6, voxel_mm=4, artifacts=False)  # training's contrast
+    assert {mixed[i]["contrast"] for i in range(6)} == {"t1", "synthetic"}  # never "inverted"
+    with pytest.raises(ValueError, match="grids"):
+        load_dataset("brain3d", "val", grids="test")
+
+
 def test_subject_deformations_never_fold():
     rng = np.random.default_rng(0)
     for grids in (GRIDS["train"], GRIDS["test"]):

@@ -171,3 +171,24 @@ def test_choose_refinement_scores_every_setting_on_each_validation_set_and_keeps
     assert json.loads((tmp_path / "t.json").read_text())["choice"] == table["choice"]
     with pytest.raises(SystemExit):
         script.main(["--checkpoint", str(shipped), "--lrs", "0"])
+
+
+def test_brain3d_refinement_sets_differ_from_the_validation_split_and_use_no_test_grid():
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("choose_refinement", root / "training" / "choose_refinement.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    config = yaml.safe_load((root / "configs" / "brain3d_searchmorph.yaml").read_text())
+    options = script.set_options(config)
+    assert all(o.get("grids", "split") != "test" for o in options.values())
+    sets = script.load_sets("brain3d", options, 1)
+    base = sets.pop(script.IN_DISTRIBUTION)[0]
+    assert len(sets) == 4
+    for name, pairs in sets.items():  # each set changes the pairs: none repeats the in-distribution one
+        assert not torch.equal(pairs[0]["moving"], base["moving"]), name

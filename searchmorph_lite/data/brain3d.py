@@ -12,11 +12,15 @@ superior (index 0) to inferior, H anterior to posterior, W from the subject's le
 * A pair is two virtual subjects, each under its own random affine (rotations up to 6 degrees about each axis,
   scale up to 6 %, shift up to 3 voxels) and a large- plus a small-scale smooth warp, shrunk until
   det(I + grad u) > 0.2 everywhere (never folding); contrast "t1" (random gamma) or "synthetic" (one random
-  intensity per tissue, mixed by the probability maps; training's default "mixed" takes either), then a bias
+  intensity per tissue, mixed by the probability maps; training's default "mixed" takes either; "inverted", a
+  T2-like contrast no training pair has, is 1 - T1 inside the brain, as in ``brain2d-subjects``), then a bias
   field, blur and Rician noise per image (``artifacts``).
 * Splits: every item's random stream is keyed by (seed, split, index), so train, val and test draw disjoint
   subjects; test deformations use control grids (3 x 4 x 3 and 7 x 8 x 7) that training (4 x 5 x 4 and
-  6 x 7 x 6) never uses, so a test field has spatial frequencies no training field has.
+  6 x 7 x 6) never uses, so a test field has spatial frequencies no training field has. ``grids="unseen"``
+  gives any split a third pair of grids (5 x 6 x 5 and 8 x 9 x 8) that neither training nor test uses: the
+  out-of-distribution validation sets that choose a model's refinement (``training/choose_refinement.py``) use it,
+  so that the choice never sees a test grid.
 
 What it cannot show, and what makes test only moderately far from train: there is one anatomy. Every subject
 is the same template deformed, so test differs from training by the deformation and the contrast draw, not by
@@ -41,10 +45,19 @@ from .mni152 import LABEL_NAMES
 NATIVE_SIZE = (80, 96, 80)
 SIZES = {2: NATIVE_SIZE, 4: (48, 48, 48)}  # voxel size in mm -> cropped volume (D, H, W), every side divisible by 16
 DEFAULT_NUM_PAIRS = {"train": 64, "val": 4, "test": 8}
-CONTRASTS = ("t1", "synthetic", "mixed")
-# control grids of the large- and small-scale warps: test uses sizes training never sees
-GRIDS = {"train": ((4, 5, 4), (6, 7, 6)), "val": ((4, 5, 4), (6, 7, 6)), "test": ((3, 4, 3), (7, 8, 7))}
-OPTIONS = ("seed", "num_pairs", "max_displacement", "contrast", "artifacts", "voxel_mm", "residual_affine")
+CONTRASTS = ("t1", "synthetic", "mixed", "inverted")
+# control grids of the large- and small-scale warps: test uses sizes training never sees; "unseen" (grids="unseen")
+# sizes that neither training nor test uses
+GRIDS = {
+    "train": ((4, 5, 4), (6, 7, 6)),
+    "val": ((4, 5, 4), (6, 7, 6)),
+    "test": ((3, 4, 3), (7, 8, 7)),
+    "unseen": ((5, 6, 5), (8, 9, 8)),
+}
+GRID_CHOICES = ("split", "unseen")
+OPTIONS = (
+    "seed", "num_pairs", "max_displacement", "contrast", "artifacts", "voxel_mm", "residual_affine", "grids"
+)  # fmt: skip
 
 
 def frame(options: dict) -> dict:
@@ -164,6 +177,7 @@ class Brain3D(Dataset):
         artifacts: bool = True,
         voxel_mm: int = 2,
         residual_affine: float = 1.0,
+        grids: str = "split",
     ) -> None:
         self.split = check_split(split, name=self.name)
         self.seed = check_positive_int(seed, "seed", minimum=0)
@@ -178,6 +192,9 @@ class Brain3D(Dataset):
                 f"residual_affine must lie in [0, 1] (a fraction of the default jitter), got {residual_affine}"
             )
         self.residual_affine = float(residual_affine)
+        if grids not in GRID_CHOICES:
+            raise ValueError(f"grids must be one of {', '.join(GRID_CHOICES)}, got {grids!r}")
+        self.grids = GRIDS[self.split if grids == "split" else grids]
         self._voxel_scale = 2.0 / self.voxel_mm  # lengths given in 2 mm voxels -> this dataset's voxels
         if max_displacement is None:
             max_displacement = 10.0 / self.voxel_mm
@@ -207,7 +224,7 @@ class Brain3D(Dataset):
             rng,
             self.size,
             self.max_displacement,
-            GRIDS[self.split],
+            self.grids,
             shift=3.0 * self._voxel_scale,
             affine=self.residual_affine,
         )[None]
@@ -216,6 +233,8 @@ class Brain3D(Dataset):
         if kind == "synthetic":
             p_csf = ((labels[0] > 0).float() - p_gm - p_wm).clamp(min=0)
             image = float(tissue[0]) * p_csf + float(tissue[1]) * p_gm + float(tissue[2]) * p_wm
+        elif kind == "inverted":
+            image = (1.0 - t1) * (labels[0] > 0).float()
         else:
             image = t1
         image = image.clamp(min=0) ** math.exp(rng.uniform(-0.3, 0.3))
