@@ -7,9 +7,9 @@ distribution alone can fail elsewhere: the first ``brain2d`` recommended 2 px (c
 brain pairs where the network put them. This script scores every (lr, levels, steps) on the validation split of
 the model's training data and on validation sets built to lie outside it (2D brain: inverted contrast, twice the
 deformation, far slices; 3D brain: twice the deformation, the full affine jitter instead of the residual one,
-control grids neither training nor test uses, inverted contrast; echo: the standard display settings instead of the wide ones, and another pixel size), each
-set weighted equally, and recommends the setting of
-highest mean Dice whose mean folding stays at most ``--max-folding`` % (ties: fewer steps). It writes the table to
+control grids neither training nor test uses, inverted contrast; echo: the standard display settings instead of
+the wide ones, and another pixel size), each set weighted equally, and recommends the setting of highest mean Dice
+whose mean folding stays at most ``--max-folding`` % (ties: fewer steps). It writes the table to
 ``--out`` (JSON), which ``ship_pretrained.py --refinement`` records on the model card.
 
 Example: ``python training/choose_refinement.py --checkpoint searchmorph_lite/pretrained/brain2d.pt --out
