@@ -4,7 +4,8 @@
     python .ci/book_numbers.py --check   # exit 1 naming the stale ones (tests/test_book_numbers.py does the same)
 
 Read, never written: benchmarks/results.json, transfer_results.json, refine_time_brain2d.json,
-refine_time_echo2d.json, and the metadata of every shipped model (searchmorph_lite/pretrained/*.pt). Written:
+refine_time_echo2d.json, volumes_results.json (when present), and the metadata of every shipped model
+(searchmorph_lite/pretrained/*.pt). Written:
 
 * book/_generated/*.md, the paragraphs of book/intro.md and book/benchmarks.md that hold numbers (each page pulls
   its fragments in with MyST's ``{include}``; the pages' own prose holds none);
@@ -51,6 +52,7 @@ class Results:
     transfer: dict  # benchmarks/transfer_results.json
     refine: dict  # {"brain2d": refine_time_brain2d.json, "echo2d": refine_time_echo2d.json}
     models: dict  # {shipped name: checkpoint dict (metadata, config, ...)}
+    volumes: dict | None = None  # benchmarks/volumes_results.json, when the suite has been run
 
     @property
     def metadata(self) -> dict:
@@ -71,7 +73,8 @@ def load_results(root: Path = ROOT) -> Results:
         return json.loads((root / "benchmarks" / name).read_text())
 
     refine = {m: read(f"refine_time_{m}.json") for m in ("brain2d", "echo2d")}
-    return Results(read("results.json"), read("transfer_results.json"), refine, shipped_checkpoints())
+    volumes = read("volumes_results.json") if (root / "benchmarks" / "volumes_results.json").is_file() else None
+    return Results(read("results.json"), read("transfer_results.json"), refine, shipped_checkpoints(), volumes)
 
 
 # --- formatting -----------------------------------------------------------------------------------------------------
@@ -425,6 +428,89 @@ def benchmarks_refine(r: Results, model: str) -> str:
     )
 
 
+VOLUMES_RUN = "`python -m benchmarks --suite volumes`"
+SM3D, VM3D = "brain3d", "brain3d-voxelmorph"
+
+
+def volumes_targets(v: dict) -> list[str]:
+    """Issue 21's targets, each with the sets (of volumes_results.json) where its means meet it."""
+    sets = v["sets"]
+
+    def where(test) -> str:
+        met = [name for name, block in sets.items() if test(block["methods"], block)]
+        return f"met on {len(met)} of {len(sets)} sets" + (f" ({', '.join(met)})" if met else "")
+
+    refined, syn = volumes_refined(v), SYN
+    return [
+        "the pipeline with SearchMorph-3D alone at SyN's Dice or above, in no more of SyN's time: "
+        + where(lambda m, b: m[SM3D]["dice"] >= m[syn]["dice"] and m[SM3D]["seconds"] <= m[syn]["seconds"]),
+        "refined, 0.02 Dice above SyN or more in no more than twice SyN's time: "
+        + where(
+            lambda m, b: m[refined]["dice"] >= m[syn]["dice"] + 0.02 and m[refined]["seconds"] <= 2 * m[syn]["seconds"]
+        ),
+        "SearchMorph-3D alone at VoxelMorph-3D's Dice or above (equal training CPU seconds): "
+        + where(lambda m, b: m[SM3D]["dice"] >= m[VM3D]["dice"]),
+        "folding at most 0.05 % (SearchMorph-3D alone and refined): "
+        + where(lambda m, b: max(m[SM3D]["folding"], m[refined]["folding"]) <= 0.05),
+        "the same Dice within 0.005 whatever the moving file's axis order: "
+        + where(lambda m, b: b["axis_order_dice_change_max"] is not None and b["axis_order_dice_change_max"] <= 0.005),
+    ]
+
+
+def volumes_refined(v: dict) -> str:
+    """The volumes suite's name of SearchMorph-3D with refinement."""
+    return next(m for m in next(iter(v["sets"].values()))["methods"] if m.startswith(f"{SM3D} + refine"))
+
+
+def benchmarks_volumes(r: Results) -> str:
+    """The 3D pipeline against ANTs from NIfTI files (volumes_results.json and the shipped 3D models), or how to
+    measure it when the stored run is missing or scored other weights."""
+    v = r.volumes
+    if v is None:
+        return (
+            f"The `volumes` suite has not been run in this checkout: {VOLUMES_RUN} on an idle machine writes "
+            "`benchmarks/volumes_results.json`, and `python .ci/book_numbers.py` turns it into this section.\n"
+        )
+    stale = [n for n, digest in v["models"].items() if n not in r.models or r.models[n].get("sha256") != digest]
+    if stale:
+        return (
+            f"The stored `volumes` results scored weights that are no longer shipped ({', '.join(stale)}); run "
+            f"{VOLUMES_RUN} again on an idle machine.\n"
+        )
+    from benchmarks.volumes import markdown
+
+    refined = volumes_refined(v)
+    steps = v["refine"][SM3D]
+    how = f"{steps['steps']} steps of {steps['settings']['lr']:g} px on {steps['settings']['levels']} levels"
+    budgets = ", ".join(f"`{n}` {budget(r.metadata[n])[0]:,.0f} {budget(r.metadata[n])[1]}" for n in (SM3D, VM3D))
+    lines = [
+        f"Measured by {VOLUMES_RUN} ({v['threads']} thread(s) for torch and ITK, {v['machine']}; training budgets: "
+        f"{budgets}; refinement: {how}). Seconds are medians per pair, reading the files included:"
+    ]
+    for name, block in v["sets"].items():
+        m = block["methods"]
+        ratio = m[refined]["seconds"] / m[SYN]["seconds"]
+        change = block["axis_order_dice_change_max"]
+        lines.append(
+            f"- **{name}** ({block['pairs']} pairs): SearchMorph-3D alone "
+            f"{compare(SM3D, 'SyN', verdict(block, SM3D, SYN, 'dice'))} in {secs(m[SM3D]['seconds'])} s against "
+            f"SyN's {secs(m[SYN]['seconds'])} s; refined it "
+            f"{compare(refined, 'SyN', verdict(block, refined, SYN, 'dice'))} in {secs(m[refined]['seconds'])} s "
+            f"({ratio:.1f}x SyN's); VoxelMorph-3D alone "
+            f"{compare(VM3D, 'SyN', verdict(block, VM3D, SYN, 'dice'))}, and SearchMorph-3D alone "
+            f"{compare(SM3D, 'VoxelMorph-3D', verdict(block, SM3D, VM3D, 'dice'))}. Folding: "
+            f"{f3(m[SM3D]['folding'])} % alone, {f3(m[refined]['folding'])} % refined."
+            + (
+                ""
+                if change is None
+                else f" Largest Dice change with the moving file in another axis order: {change:.4f}."
+            )
+        )
+    lines.append("\nIssue 21's targets, from the means above:\n")
+    lines += [f"- {t}" for t in volumes_targets(v)]
+    return "\n".join(lines) + "\n\nThe stored tables (`benchmarks/volumes_results.md`):\n\n" + markdown(v) + "\n"
+
+
 # --- the README -----------------------------------------------------------------------------------------------------
 
 
@@ -485,6 +571,7 @@ def generated(r: Results | None = None) -> dict[Path, str]:
         "intro_findings.md": intro_findings(r),
         "benchmarks_memory.md": benchmarks_memory(r),
         "benchmarks_transfer.md": benchmarks_transfer(r),
+        "benchmarks_volumes.md": benchmarks_volumes(r),
         "benchmarks_refine_brain2d.md": benchmarks_refine(r, "brain2d"),
         "benchmarks_refine_echo2d.md": benchmarks_refine(r, "echo2d"),
     }

@@ -198,13 +198,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     import searchmorph_lite as sm
     from searchmorph_lite.data import load_dataset
+    from searchmorph_lite.inference import refine_settings
+    from searchmorph_lite.pretrained import pretrained_path
     from searchmorph_lite.scoring import interleave
 
     refine = args.refine if args.refine == "auto" else int(args.refine)
     models = {name: sm.load_pretrained(name, device="cpu") for name in args.models}
     methods = methods_of(models, refine)
     results: dict = {"sets": {}, "command": command("volumes.py", argv), "threads": args.threads,
-                     "machine": machine(), "load_before": os.getloadavg()[0]}  # fmt: skip
+                     "machine": machine(), "load_before": os.getloadavg()[0],
+                     # the weights scored: .ci/book_numbers.py refuses to describe other shipped models with them
+                     "models": {name: sm.read_checkpoint(pretrained_path(name))["sha256"] for name in models},
+                     "refine": {name: dict(zip(("steps", "settings"), refine_settings(m, refine)))
+                                for name, m in models.items() if type(m).__name__ == "SearchMorph"}}  # fmt: skip
     rng = np.random.default_rng(0)
     for k, set_name in enumerate(args.sets):
         data = load_dataset("brain3d", "test", voxel_mm=2, **SETS[set_name])

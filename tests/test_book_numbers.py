@@ -75,3 +75,36 @@ def test_a_page_types_no_result_number_and_includes_its_fragments(page, results)
     fragments = sorted(p.name for p in book_numbers.generated(results) if p.parent == book_numbers.GENERATED)
     mine = [name for name in fragments if name.startswith(page + "_")]
     assert mine and all(f"{{include}} _generated/{name}" in text for name in mine)
+
+
+def _volumes(results, sm_dice: float) -> dict:
+    """A volumes_results.json for the shipped 3D weights: two pairs per set, SyN at 0.7 Dice in 10 s."""
+    methods = {"ANTs SyN": (0.7, 10.0), "brain3d": (sm_dice, 5.0), "brain3d-voxelmorph": (0.68, 4.0),
+               "brain3d + refine auto": (0.73, 15.0)}  # fmt: skip
+    block = {"pairs": 2, "axis_order_dice_change_max": 0.001, "methods": {}}
+    for name, (dice, seconds) in methods.items():
+        per_pair = [{"dice": dice + d, "folding": 0.0, "seconds": seconds} for d in (-0.01, 0.01)]
+        block["methods"][name] = {"dice": dice, "dice_sd": 0.014, "folding": 0.0, "seconds": seconds,
+                                  "per_pair": per_pair}  # fmt: skip
+    digests = {n: results.models[n]["sha256"] for n in ("brain3d", "brain3d-voxelmorph")}
+    return {"sets": {"test": block, "inverted contrast": copy.deepcopy(block)}, "command": "python volumes.py",
+            "threads": 1, "machine": "x86_64, 2 cores", "load_before": 0.0, "load_after": 0.0, "models": digests,
+            "refine": {"brain3d": {"steps": 100, "settings": {"lr": 1.0, "levels": 3}}}}  # fmt: skip
+
+
+def test_the_volumes_section_says_the_targets_from_the_stored_run_and_refuses_other_weights(results):
+    if not {"brain3d", "brain3d-voxelmorph"} <= set(results.models):
+        pytest.skip("the 3D models are not shipped in this checkout")
+    with_run = book_numbers.Results(**{**vars(results), "volumes": _volumes(results, 0.75)})
+    text = book_numbers.benchmarks_volumes(with_run).replace("\n", " ")
+    assert "**test** (2 pairs): SearchMorph-3D alone beats SyN (0.750 vs 0.700) in 5 s against SyN's 10 s" in text
+    assert "refined, 0.02 Dice above SyN or more in no more than twice SyN's time: met on 2 of 2 sets" in text
+    assert "| brain3d | 0.750 (0.014) |" in text  # the stored tables follow
+    lower = book_numbers.Results(**{**vars(results), "volumes": _volumes(results, 0.60)})
+    text = book_numbers.benchmarks_volumes(lower).replace("\n", " ")
+    assert "SearchMorph-3D alone loses to SyN (0.600 vs 0.700)" in text
+    assert "at SyN's Dice or above, in no more of SyN's time: met on 0 of 2 sets" in text
+    other = _volumes(results, 0.75)
+    other["models"]["brain3d"] = "0" * 64
+    text = book_numbers.benchmarks_volumes(book_numbers.Results(**{**vars(results), "volumes": other}))
+    assert "no longer shipped (brain3d)" in text and "SyN" not in text
