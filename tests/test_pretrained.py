@@ -192,3 +192,22 @@ def test_brain3d_refinement_sets_differ_from_the_validation_split_and_use_no_tes
     assert len(sets) == 4
     for name, pairs in sets.items():  # each set changes the pairs: none repeats the in-distribution one
         assert not torch.equal(pairs[0]["moving"], base["moving"]), name
+
+
+def test_ship_tests_a_3d_model_on_the_affine_it_was_trained_for_and_says_so():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "training"))
+    try:
+        spec = importlib.util.spec_from_file_location("ship_pretrained", root / "training" / "ship_pretrained.py")
+        ship = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(ship)
+    finally:
+        sys.path.remove(str(root / "training"))
+    options = {"num_pairs": 32, "voxel_mm": 4, "residual_affine": 0.33, "contrast": "t1", "seed": 3}
+    assert ship.test_options(options) == {"voxel_mm": 4, "residual_affine": 0.33}
+    assert "0.33 of the default jitter" in ship.residual_words({"dataset_options": options})
+    assert ship.residual_words({"dataset_options": {"num_pairs": 32, "voxel_mm": 4}}) == ""

@@ -92,14 +92,32 @@ def describe_run(ckpt: dict, hardware: str) -> dict:
     }
 
 
-def test_metrics(model: torch.nn.Module, dataset: str, options: dict | None = None) -> dict:
-    """Mean Dice (std over pairs), % folding and NCC of ``model`` on the whole test split of ``dataset``.
+# training's dataset options that the test split takes too: those that shape the images, and brain3d's residual
+# affine (the part of the affine jitter that `searchmorph register`'s affine stage leaves: what the network is fed)
+TEST_OPTIONS = ("image_size", "voxel_mm", "residual_affine")
 
-    ``options`` are the training's dataset options; those that shape the images (image_size, voxel_mm) apply to
-    the test split too, the rest (num_pairs, seed, contrast, ...) keep the test split's defaults.
-    """
-    shape = {k: v for k, v in (options or {}).items() if k in ("image_size", "voxel_mm")}
-    test_set = load_dataset(dataset, "test", **shape)
+
+def test_options(options: dict | None) -> dict:
+    """The training's dataset ``options`` that apply to the test split (TEST_OPTIONS); the rest (num_pairs, seed,
+    contrast, ...) keep the test split's defaults."""
+    return {k: v for k, v in (options or {}).items() if k in TEST_OPTIONS}
+
+
+def residual_words(md: dict) -> str:
+    """How the test split's affine was set for a model trained on a residual affine ("" for the others)."""
+    residual = md.get("dataset_options", {}).get("residual_affine")
+    if residual is None:
+        return ""
+    return (
+        f", under the training's residual affine ({residual:g} of the default jitter, what the affine stage of "
+        "`searchmorph register` leaves; the volumes benchmark runs the whole pipeline from NIfTI files)"
+    )
+
+
+def test_metrics(model: torch.nn.Module, dataset: str, options: dict | None = None) -> dict:
+    """Mean Dice (std over pairs), % folding and NCC of ``model`` on the whole test split of ``dataset``, with the
+    training's :func:`test_options`."""
+    test_set = load_dataset(dataset, "test", **test_options(options))
     m = evaluate(model, test_set, device="cpu")
     per_pair = np.nanmean(np.array(m["dice"], dtype=float), axis=1)
     return {
@@ -114,8 +132,7 @@ def test_metrics(model: torch.nn.Module, dataset: str, options: dict | None = No
 
 def refined_test_metrics(model: torch.nn.Module, dataset: str, options: dict, steps: int) -> dict:
     """Mean Dice and % folding of ``register(..., refine_steps=steps)`` on the test split (labelled data only)."""
-    shape = {k: v for k, v in (options or {}).items() if k in ("image_size", "voxel_mm")}
-    test_set = load_dataset(dataset, "test", **shape)
+    test_set = load_dataset(dataset, "test", **test_options(options))
     dices, folds = [], []
     for i in range(len(test_set)):
         item = test_set[i]
@@ -287,7 +304,7 @@ def model_card_text(checkpoints: dict[str, dict] | None = None) -> str:
             f"## `{name}`",
             "",
             f"- Data: {md['data']}; {md['train_pairs']} training pairs of {size}{fresh}; test split of "
-            f"{md['test_pairs']} pairs.",
+            f"{md['test_pairs']} pairs{residual_words(md)}.",
             f"- Model: {ckpt['model']}, config `{ckpt['config']}`.",
             f"- Training: {md['loss']}; {md['optimizer']}; {md['epochs']} epochs, batch {md['batch_size']}, seed "
             f"{md['train_config']['seed']}; config `{md['train_config']}`.",
