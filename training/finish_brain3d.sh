@@ -7,7 +7,7 @@
 # _build/finish_brain3d/<step>.log. Takes about 40 minutes on the project's 2-core CPU.
 #
 #   bash training/finish_brain3d.sh            # every step
-#   bash training/finish_brain3d.sh ship       # from the step named "ship" on (ship, volumes, beyond,
+#   bash training/finish_brain3d.sh ship       # from the step named "ship" on (ship, search, volumes, beyond,
 #                                              # chapters, numbers, nbval)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +17,7 @@ mkdir -p "$LOG"
 HARDWARE="an AMD EPYC; one thread \
 per training (OMP_NUM_THREADS=1); SearchMorph-3D and VoxelMorph-3D trained side by side on the 2 cores over three \
 sessions, paused (SIGSTOP, which stops their CPU-second budgets too) while anything was timed"
-STEPS=(budget choose ship volumes beyond chapters numbers nbval)
+STEPS=(budget choose ship search volumes beyond chapters numbers nbval)
 from=${1:-budget}
 [[ " ${STEPS[*]} " == *" $from "* ]] || { echo "unknown step '$from' (one of: ${STEPS[*]})" >&2; exit 2; }
 if pgrep -f "searchmorph_lite train" > /dev/null; then
@@ -73,6 +73,7 @@ run choose python training/choose_refinement.py --checkpoint training/brain3d_se
 run ship bash -c "python training/ship_pretrained.py --run training/brain3d_searchmorph --name brain3d \
   --hardware '$HARDWARE' --refinement training/refinement_brain3d.json && python training/ship_pretrained.py \
   --run training/brain3d_voxelmorph --name brain3d-voxelmorph --hardware '$HARDWARE'"
+run search python training/search_use.py --checkpoint searchmorph_lite/pretrained/brain3d.pt --pairs 8
 run volumes python -m benchmarks --suite volumes
 run beyond python -m benchmarks --suite beyond --part 3d   # the book's 3D array table, on the new weights
 run chapters chapters

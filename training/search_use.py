@@ -1,0 +1,105 @@
+"""Does a trained SearchMorph use its search? Dice with the search map or the context zeroed at test time.
+
+The diagnosis of the first SearchMorph-3D run (training/BRAIN3D_STATUS.md) found a GRU that no longer listened to
+the search map. This script asks the question of any checkpoint, on the validation pairs of its own training data:
+it registers each pair three times, with the model as trained, with every search map replaced by zeros (the GRU
+then sees only its context and the field), and with the context replaced by zeros, and reports the mean label Dice
+of each and how far each ablated field lies from the full one. A model that uses its search loses Dice without it.
+
+``python training/search_use.py --checkpoint training/brain3d_searchmorph/checkpoint.pt --pairs 8``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def ablated(model, part: str):
+    """A context manager: ``model`` with its search maps (``part="search"``) or its context (``"context"``) zeroed."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def patch():
+        if part == "search":
+            make = model.make_lookup
+
+            def make_zero(*args):
+                lookup = make(*args)
+                return lambda where: torch.zeros_like(lookup(where))
+
+            model.make_lookup = make_zero
+            try:
+                yield
+            finally:
+                model.make_lookup = make  # an instance attribute (built in __init__): put the original back
+        elif part == "context":
+            forward = model.encoder.forward
+
+            def zero_context(*args, **kwargs):
+                h_m, h_f, context = forward(*args, **kwargs)
+                return h_m, h_f, torch.zeros_like(context)
+
+            model.encoder.forward = zero_context
+            try:
+                yield
+            finally:
+                del model.encoder.forward  # the override: the class's method comes back
+        else:
+            yield
+
+    return patch()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """{"full"|"no search"|"no context"|"identity": {"dice", "field_change"}} on the validation pairs."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="a training checkpoint or a shipped .pt")
+    parser.add_argument("--pairs", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import searchmorph_lite as sm
+    from searchmorph_lite.data import load_dataset
+    from searchmorph_lite.scoring import score_flow
+    from searchmorph_lite.train import validation_options
+
+    model = sm.load_checkpoint(args.checkpoint, device="cpu").eval()
+    if type(model).__name__ != "SearchMorph":
+        parser.error(f"{args.checkpoint} holds a {type(model).__name__}: only SearchMorph has a search to ablate")
+    tc = model.metadata["train_config"]
+    options = validation_options(tc.get("dataset_options", {}), tc.get("val_options", {}))
+    data = load_dataset(tc["dataset"], "val", **{**options, "num_pairs": args.pairs})
+    out: dict[str, dict] = {}
+    full_flows = []
+    for part in ("full", "search", "context"):
+        dices, changes = [], []
+        for i in range(min(args.pairs, len(data))):
+            item = data[i]
+            with torch.no_grad(), ablated(model, part):
+                result = model(item["moving"][None], item["fixed"][None])
+            flow = result.flow
+            if part == "full":
+                full_flows.append(flow)
+            ref = full_flows[i]
+            changes.append(float((flow - ref).norm() / ref.norm().clamp(min=1e-12)))
+            dices.append(score_flow(item, flow[0].double().numpy())["dice"])
+        name = {"full": "full", "search": "no search", "context": "no context"}[part]
+        out[name] = {"dice": float(np.mean(dices)), "field_change": float(np.mean(changes))}
+        print(f"{name}: mean Dice {out[name]['dice']:.3f}, |field - full field| / |full field| "
+              f"{out[name]['field_change']:.3f} ({len(dices)} validation pairs)", flush=True)  # fmt: skip
+    identity = [score_flow(data[i], np.zeros((model.ndim, *data[i]["fixed"].shape[1:])))["dice"]
+                for i in range(len(full_flows))]  # fmt: skip
+    out["identity"] = {"dice": float(np.mean(identity)), "field_change": 1.0}
+    print(f"identity: mean Dice {out['identity']['dice']:.3f} (no registration)")
+    return out
+
+
+if __name__ == "__main__":
+    main()
