@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> dict:
     if type(model).__name__ != "SearchMorph":
         parser.error(f"{args.checkpoint} holds a {type(model).__name__}: only SearchMorph has a search to ablate")
     tc = model.metadata["train_config"]
+    history = model.metadata.get("history") or {}
+    if history.get("epoch"):
+        print(f"{args.checkpoint}: epoch {history['epoch'][-1]}, {sum(history.get('budget_seconds') or [0]):,.0f} "
+              f"{model.metadata.get('budget_clock', 'CPU seconds')} of training")  # fmt: skip
     options = validation_options(tc.get("dataset_options", {}), tc.get("val_options", {}))
     data = load_dataset(tc["dataset"], "val", **{**options, "num_pairs": args.pairs})
     out: dict[str, dict] = {}
