@@ -61,6 +61,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import ants
@@ -85,6 +86,7 @@ from searchmorph_lite.data import load_dataset
 from searchmorph_lite.inference import refine_settings
 from searchmorph_lite.pipeline import frame_of
 from searchmorph_lite.provenance import card_of, describe
+from searchmorph_lite.scoring import score_flow
 
 # %% tags=["parameters"]
 seed = 0
@@ -102,6 +104,8 @@ test_pairs = 2
 syn_pairs = 2
 # refinement steps of the "SearchMorph-3D + refinement" row (--refine N)
 refine_steps = 30
+# validation pairs of the search check (the network alone, three times each)
+search_pairs = 4
 
 # %%
 device = setup(seed, device, threads)  # seed, threads; returns the device
@@ -867,6 +871,14 @@ worse = (
     else "On both sets the network adds to the pipeline's affine stage."
 )
 budget = {n: m.metadata["train_cpu_seconds"] for n, m in models.items()}
+residual = model.metadata["train_config"]["dataset_options"].get("residual_affine")
+trained_on = (
+    f" at 4 mm, on pairs that look like what this pipeline feeds them: affinely "
+    f"pre-aligned, with {residual:g} of brain3d's affine jitter left."
+    if residual is not None
+    else " at 4 mm, on pairs with brain3d's whole affine jitter (before the pipeline "
+    "existed); models trained on what the pipeline feeds them replace them."
+)
 display(
     Markdown(
         "Dice and seconds per pair, the rival's first. "
@@ -877,11 +889,71 @@ display(
         )
         + refinement
         + worse
-        + " The shipped 3D models are small: "
+        + " The shipped 3D models: "
         + ", ".join(f"{n} trained for {s:,.0f} CPU seconds" for n, s in budget.items())
-        + " at 4 mm. They are being retrained for 12,000 CPU seconds each on pairs "
-        "that look like what this pipeline feeds them (affinely pre-aligned, with a "
-        "small residual affine); this chapter will be executed again when they ship."
+        + trained_on
+    )
+)
+
+# %% [markdown]
+# ## Does SearchMorph-3D read its search?
+#
+# Table III (chapter 13) retrains the model without a component. A trained model can
+# be asked a cheaper question: replace one input of its ConvGRU by zeros at test time
+# and see what is lost. `sm.zeroed_input(model, "search")` zeroes every search map
+# (the octahedral lookups of eq. 3) while the block runs, `"context"` the context
+# features; the model is whole again afterwards. A GRU that reads its search map
+# loses Dice without it. One that has learnt to ignore it loses nothing: the first 3D
+# training run did, its motion features had saturated the GRU
+# (`training/BRAIN3D_STATUS.md`; `training/search_use.py` asks the same of any
+# checkpoint). The pairs: `search_pairs` validation pairs of the model's own
+# training data (its frame, its residual affine), the images as the network sees them.
+
+# %%
+options = dict(model.metadata["train_config"]["dataset_options"])
+options.pop("num_pairs", None)
+val_set = load_dataset("brain3d", "val", num_pairs=search_pairs, **options)
+
+
+def mean_dice(part: str | None) -> float:
+    """Mean label Dice of the model on val_set, with ``part`` zeroed (None: none)."""
+    scores = []
+    for i in range(len(val_set)):
+        item = val_set[i]
+        m, f = item["moving"][None].to(device), item["fixed"][None].to(device)
+        zeroed = sm.zeroed_input(model, part) if part else nullcontext()
+        with torch.no_grad(), zeroed:
+            flow = model(m, f).flow[0].cpu().double().numpy()
+        scores.append(score_flow(item, flow)["dice"])
+    return float(np.mean(scores))
+
+
+zero_field = np.zeros((3, *val_set[0]["fixed"].shape[1:]))
+identity = [score_flow(val_set[i], zero_field)["dice"] for i in range(len(val_set))]
+use = {
+    "as trained": mean_dice(None),
+    "search zeroed": mean_dice("search"),
+    "context zeroed": mean_dice("context"),
+    "identity (no field)": float(np.mean(identity)),
+}
+pd.Series(use, name=f"mean Dice, {len(val_set)} validation pairs").to_frame().round(3)
+
+# %% [markdown]
+# What it says, generated from the numbers:
+
+# %%
+drop = use["as trained"] - use["search zeroed"]
+verdict = (
+    "the network reads its search: without it, it loses part of what it adds to the identity"
+    if drop > 0.01
+    else "the network hardly reads its search: its GRU works from the context and its own field"
+)
+display(
+    Markdown(
+        f"Zeroing the search maps changes the mean Dice by {-drop:+.3f} "
+        f"(the network adds {use['as trained'] - use['identity (no field)']:+.3f} to the "
+        f"identity): {verdict}. Zeroing the context changes it by "
+        f"{use['context zeroed'] - use['as trained']:+.3f}."
     )
 )
 

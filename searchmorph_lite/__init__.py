@@ -27,7 +27,7 @@ from .losses import (
     sequence_loss,
 )
 from .metrics import dice, folding_ratio, jacobian_determinant
-from .model import SearchMorph, SearchMorphConfig
+from .model import SearchMorph, SearchMorphConfig, zeroed_input
 from .pipeline import Registration, register_images, write_itk_displacement
 from .pretrained import available_pretrained, load_pretrained
 from .registry import build_model
@@ -90,4 +90,5 @@ __all__ = [
     "sequence_loss",
     "upsample_flow",
     "warp",
+    "zeroed_input",
 ]

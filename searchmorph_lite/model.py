@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -16,7 +18,7 @@ from .encoders import SharedEncoder
 from .iterator import DeformationFieldIterator
 from .transform import integrate_velocity, upsample_flow, warp
 
-__all__ = ["ABLATIONS", "RegistrationResult", "SearchMorph", "SearchMorphConfig"]
+__all__ = ["ABLATIONS", "RegistrationResult", "SearchMorph", "SearchMorphConfig", "zeroed_input"]
 
 
 @dataclass(frozen=True)
@@ -154,3 +156,44 @@ class SearchMorph(RegistrationModel):
     def exponential(self, field: torch.Tensor) -> torch.Tensor:
         """Displacement (B, ndim, *S) of an accumulated field (B, ndim, *S): exp(v) if diffeomorphic, else itself."""
         return integrate_velocity(field, self.config.integration_steps) if self.config.diffeomorphic else field
+
+
+ZEROABLE = ("search", "context")
+
+
+@contextmanager
+def zeroed_input(model: SearchMorph, part: str) -> Iterator[SearchMorph]:
+    """``model`` with one input of its ConvGRU replaced by zeros while the block runs: every search map (B, K, *s)
+    (``part="search"``) or the context (B, C, *s) (``"context"``); the model is whole again afterwards.
+
+    Table III retrains without a component; this asks a *trained* model how much it relies on one: a model that
+    reads its search map loses Dice when the map is zeroed (``training/search_use.py``, chapter 14).
+    """
+    if part not in ZEROABLE:
+        raise ValueError(f"part must be one of {', '.join(ZEROABLE)}, got {part!r}")
+    if not isinstance(model, SearchMorph):
+        raise TypeError(f"zeroed_input needs a SearchMorph, got {type(model).__name__}")
+    if part == "search":
+        make = model.make_lookup  # an instance attribute, built in __init__
+
+        def make_zero(*args, **kwargs):
+            lookup = make(*args, **kwargs)
+            return lambda where: torch.zeros_like(lookup(where))
+
+        model.make_lookup = make_zero
+        try:
+            yield model
+        finally:
+            model.make_lookup = make
+    else:
+        encode = model.encoder.forward
+
+        def zero_context(*args, **kwargs):
+            h_m, h_f, context = encode(*args, **kwargs)
+            return h_m, h_f, torch.zeros_like(context)
+
+        model.encoder.forward = zero_context
+        try:
+            yield model
+        finally:
+            del model.encoder.forward  # the override: the class's method comes back

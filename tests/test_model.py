@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import searchmorph_lite as sm
 from searchmorph_lite import (
     ContextEncoder,
     ConvGRU,
@@ -201,3 +202,31 @@ def test_fields_of_a_longer_run_start_with_those_of_a_shorter_one():
         for n in (1, 2, 4):
             short = model(moving, fixed, iterations=n)
             assert torch.equal(short.flow, long[n - 1]) and short.flows[-1].abs().max() > 0
+
+
+def test_zeroed_input_zeroes_one_input_of_the_gru_and_gives_the_model_back_whole():
+    torch.manual_seed(0)
+    model = sm.SearchMorph(sm.SearchMorphConfig(iterations=2)).eval()
+    moving, fixed = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        before = model(moving, fixed).flow
+        for part in ("search", "context"):
+            seen = {}
+            gru = model.iterator.forward
+
+            def spy(hidden, search, context, flow, seen=seen, gru=gru):
+                seen["search"], seen["context"] = search.abs().max(), context.abs().max()
+                return gru(hidden, search, context, flow)
+
+            model.iterator.forward = spy
+            with sm.zeroed_input(model, part):
+                ablated = model(moving, fixed).flow
+            del model.iterator.forward
+            assert float(seen[part]) == 0.0 and float(seen["context" if part == "search" else "search"]) > 0
+            assert not torch.equal(ablated, before)
+            for _ in range(2):  # the model comes back whole, pair after pair
+                assert torch.equal(model(moving, fixed).flow, before)
+    with pytest.raises(ValueError, match="part"), sm.zeroed_input(model, "pyramid"):
+        pass
+    with pytest.raises(TypeError, match="SearchMorph"), sm.zeroed_input(sm.VoxelMorph(), "search"):
+        pass

@@ -1,10 +1,11 @@
 """Does a trained SearchMorph use its search? Dice with the search map or the context zeroed at test time.
 
-The diagnosis of the first SearchMorph-3D run (training/BRAIN3D_STATUS.md) found a GRU that no longer listened to
-the search map. This script asks the question of any checkpoint, on the validation pairs of its own training data:
-it registers each pair three times, with the model as trained, with every search map replaced by zeros (the GRU
-then sees only its context and the field), and with the context replaced by zeros, and reports the mean label Dice
-of each and how far each ablated field lies from the full one. A model that uses its search loses Dice without it.
+The diagnosis of the first SearchMorph-3D run (training/BRAIN3D_STATUS.md) found a GRU that no longer listened to the
+search map. This script asks the question of any checkpoint, on the validation pairs of its own training data: it
+registers each pair three times, with the model as trained, with every search map replaced by zeros (the GRU then sees
+only its context and the field), and with the context replaced by zeros (``sm.zeroed_input``), and reports the mean
+label Dice of each and how far each ablated field lies from the full one. A model that uses its search loses Dice
+without it.
 
 ``python training/search_use.py --checkpoint training/brain3d_searchmorph/checkpoint.pt --pairs 8``
 """
@@ -13,48 +14,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def ablated(model, part: str):
-    """A context manager: ``model`` with its search maps (``part="search"``) or its context (``"context"``) zeroed."""
-    from contextlib import contextmanager
-
-    @contextmanager
-    def patch():
-        if part == "search":
-            make = model.make_lookup
-
-            def make_zero(*args):
-                lookup = make(*args)
-                return lambda where: torch.zeros_like(lookup(where))
-
-            model.make_lookup = make_zero
-            try:
-                yield
-            finally:
-                model.make_lookup = make  # an instance attribute (built in __init__): put the original back
-        elif part == "context":
-            forward = model.encoder.forward
-
-            def zero_context(*args, **kwargs):
-                h_m, h_f, context = forward(*args, **kwargs)
-                return h_m, h_f, torch.zeros_like(context)
-
-            model.encoder.forward = zero_context
-            try:
-                yield
-            finally:
-                del model.encoder.forward  # the override: the class's method comes back
-        else:
-            yield
-
-    return patch()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -86,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
         dices, changes = [], []
         for i in range(min(args.pairs, len(data))):
             item = data[i]
-            with torch.no_grad(), ablated(model, part):
+            with torch.no_grad(), sm.zeroed_input(model, part) if part != "full" else nullcontext():
                 result = model(item["moving"][None], item["fixed"][None])
             flow = result.flow
             if part == "full":
