@@ -148,15 +148,27 @@ def test_model_card_of_a_shipped_model_names_its_data_budget_and_hardware():
     assert line.startswith("SearchMorph: pretrained, brain2d-subjects ") and f"{card['pairs']} pairs" in line
 
 
-def test_choose_refinement_scores_every_setting_on_each_validation_set_and_keeps_folding_in_bounds(tmp_path):
+def _training_script(name: str):
+    """training/<name>.py imported as a module (the folder on sys.path while it loads: scripts import each other)."""
     import importlib.util
-    import json
+    import sys
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "training" / "choose_refinement.py"
-    spec = importlib.util.spec_from_file_location("choose_refinement", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    folder = str(Path(__file__).resolve().parents[1] / "training")
+    sys.path.insert(0, folder)
+    try:
+        spec = importlib.util.spec_from_file_location(name, f"{folder}/{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(folder)
+    return module
+
+
+def test_choose_refinement_scores_every_setting_on_each_validation_set_and_keeps_folding_in_bounds(tmp_path):
+    import json
+
+    script = _training_script("choose_refinement")
     shipped = pretrained_path("brain2d")
     if not shipped.is_file():
         pytest.skip("brain2d is not shipped in this checkout")
@@ -174,16 +186,13 @@ def test_choose_refinement_scores_every_setting_on_each_validation_set_and_keeps
 
 
 def test_brain3d_refinement_sets_differ_from_the_validation_split_and_use_no_test_grid():
-    import importlib.util
     from pathlib import Path
 
     import torch
     import yaml
 
     root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("choose_refinement", root / "training" / "choose_refinement.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _training_script("choose_refinement")
     config = yaml.safe_load((root / "configs" / "brain3d_searchmorph.yaml").read_text())
     options = script.set_options(config)
     assert all(o.get("grids", "split") != "test" for o in options.values())
@@ -195,18 +204,7 @@ def test_brain3d_refinement_sets_differ_from_the_validation_split_and_use_no_tes
 
 
 def test_ship_tests_a_3d_model_on_the_affine_it_was_trained_for_and_says_so():
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root / "training"))
-    try:
-        spec = importlib.util.spec_from_file_location("ship_pretrained", root / "training" / "ship_pretrained.py")
-        ship = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(ship)
-    finally:
-        sys.path.remove(str(root / "training"))
+    ship = _training_script("ship_pretrained")
     options = {"num_pairs": 32, "voxel_mm": 4, "residual_affine": 0.33, "contrast": "t1", "seed": 3}
     assert ship.test_options(options) == {"voxel_mm": 4, "residual_affine": 0.33}
     assert "0.33 of the default jitter" in ship.residual_words({"dataset_options": options})
