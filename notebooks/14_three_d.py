@@ -943,16 +943,19 @@ pd.Series(use, name=f"mean Dice, {len(val_set)} validation pairs").to_frame().ro
 
 # %%
 drop = use["as trained"] - use["search zeroed"]
+gain = use["as trained"] - use["identity (no field)"]
 verdict = (
-    "the network reads its search: without it, it loses part of what it adds to the identity"
+    "the network reads its search: without it, it loses part of what it adds"
+    " to the identity"
     if drop > 0.01
-    else "the network hardly reads its search: its GRU works from the context and its own field"
+    else "the network hardly reads its search: its GRU works from the context"
+    " and its own field"
 )
 display(
     Markdown(
         f"Zeroing the search maps changes the mean Dice by {-drop:+.3f} "
-        f"(the network adds {use['as trained'] - use['identity (no field)']:+.3f} to the "
-        f"identity): {verdict}. Zeroing the context changes it by "
+        f"(the network adds {gain:+.3f} to the identity): {verdict}. "
+        "Zeroing the context changes it by "
         f"{use['context zeroed'] - use['as trained']:+.3f}."
     )
 )
