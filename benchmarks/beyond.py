@@ -7,8 +7,8 @@ networks run through the public ``register`` (what a user calls) as every suite 
 (``benchmarks.common.network``: ``normalize=False``, the images as in training); ANTs through ``ants_register``.
 
 * ``3d``: brain3d test split at 4 mm (48 x 48 x 48, ``voxel_mm=4``; test subjects use control grids no training
-  subject used): Identity, ANTs Affine, ANTs SyN, VoxelMorph-3D (``brain3d-voxelmorph``), SearchMorph-3D
-  (``brain3d``).
+  subject used; the residual affine jitter ``brain3d`` trained on, read from its card): Identity, ANTs Affine,
+  ANTs SyN, VoxelMorph-3D (``brain3d-voxelmorph``), SearchMorph-3D (``brain3d``).
 * ``2d``: brain2d-subjects test split at 192 x 160 (slabs 3 mm away from every training slice): the displacement
   model (``brain2d-displacement``), the diffeomorphic one (``brain2d-diffeomorphic``) and full-resolution features
   (``brain2d-stride1``), all trained for the same 1,200 CPU seconds side by side, plus ANTs SyN. Besides Dice and
@@ -20,7 +20,7 @@ Timing: torch and ITK get the same ``--threads``; run it on an idle machine (no 
 ``python benchmarks/beyond.py --pairs 2 --out /tmp/b``.
 ``--part 3d`` (or ``2d``) re-measures one part and keeps the rest of the stored file; each part records its own
 threads, machine and load (the top-level ones are those of the last ``--part all`` run). ``--runs`` reads run
-folders (training/beyond_*) instead of the shipped models, to score a training in progress.
+folders (training/<RUN_FOLDERS>) instead of the shipped models, to score a training in progress.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ MODELS_2D = {
     "displacement, stride 1": "brain2d-stride1",
 }
 RUN_FOLDERS = {
-    "brain3d": "beyond_brain3d_searchmorph",
-    "brain3d-voxelmorph": "beyond_brain3d_voxelmorph",
+    "brain3d": "brain3d_searchmorph",
+    "brain3d-voxelmorph": "brain3d_voxelmorph",
     "brain2d-displacement": "beyond_brain2d_displacement",
     "brain2d-diffeomorphic": "beyond_brain2d_diffeomorphic",
     "brain2d-stride1": "beyond_brain2d_stride1",
@@ -117,20 +117,28 @@ def card(model) -> dict:
 
 
 def part_3d(pairs: int, runs: bool) -> dict:
-    """The 3D table's rows on ``pairs`` brain3d test pairs at 4 mm."""
+    """The 3D table's rows on ``pairs`` brain3d test pairs at 4 mm, under the affine jitter SearchMorph-3D
+    trained on (its ``residual_affine``, when it has one)."""
     from searchmorph_lite.data import load_dataset
     from searchmorph_lite.scoring import ants_method, identity_method
 
-    data = load_dataset("brain3d", "test", voxel_mm=4, num_pairs=pairs)
+    residual = ((load("brain3d", runs).metadata or {}).get("dataset_options") or {}).get("residual_affine")
+    options = {} if residual is None else {"residual_affine": residual}
+    data = load_dataset("brain3d", "test", voxel_mm=4, num_pairs=pairs, **options)
     items = [data[i] for i in range(len(data))]
     baselines = {"Identity": identity_method, "ANTs Affine": ants_method("Affine", seed=1),
                  "ANTs SyN": ants_method("SyN", seed=1)}  # fmt: skip
     rows, _ = score(items, baselines, MODELS_3D, runs)
-    data = (
-        "brain3d test, voxel_mm 4 (48 x 48 x 48), t1 contrast, brain3d's full affine jitter; the networks get "
-        "the arrays as they are (no affine stage: `--suite volumes` runs the whole pipeline from NIfTI files)"
+    jitter = (
+        "brain3d's full affine jitter"
+        if residual is None
+        else f"{residual:g} of brain3d's affine jitter (what the pipeline's affine stage leaves; the models' training)"
     )
-    return {"data": data, "rows": rows}
+    data = (
+        f"brain3d test, voxel_mm 4 (48 x 48 x 48), t1 contrast, {jitter}; the networks get the arrays as they are "
+        "(no affine stage: `--suite volumes` runs the whole pipeline from NIfTI files)"
+    )
+    return {"data": data, "rows": rows, "residual_affine": residual}
 
 
 def part_2d(pairs: int, runs: bool) -> dict:
