@@ -151,7 +151,7 @@ def refinement_words(md: dict) -> str:
     if md.get("refine_lr"):
         words += f" of {md['refine_lr']:g} px"
     if md.get("refine_levels"):
-        words += f" on {md['refine_levels']} levels"
+        words += f" on {md['refine_levels']} level{'s' if md['refine_levels'] != 1 else ''}"
     return words
 
 
@@ -481,7 +481,8 @@ def benchmarks_volumes(r: Results) -> str:
 
     refined = volumes_refined(v)
     steps = v["refine"][SM3D]
-    how = f"{steps['steps']} steps of {steps['settings']['lr']:g} px on {steps['settings']['levels']} levels"
+    levels = steps["settings"]["levels"]
+    how = f"{steps['steps']} steps of {steps['settings']['lr']:g} px on {levels} level{'s' if levels != 1 else ''}"
     budgets = ", ".join(f"`{n}` {budget(r.metadata[n])[0]:,.0f} {budget(r.metadata[n])[1]}" for n in (SM3D, VM3D))
     lines = [
         f"Measured by {VOLUMES_RUN} ({v['threads']} thread(s) for torch and ITK, {v['machine']}; training budgets: "

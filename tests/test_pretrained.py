@@ -203,6 +203,28 @@ def test_brain3d_refinement_sets_differ_from_the_validation_split_and_use_no_tes
         assert not torch.equal(pairs[0]["moving"], base["moving"]), name
 
 
+def test_choose_refinement_files_scores_each_setting_through_register_on_nifti_files():
+    import searchmorph_lite as sm
+    from searchmorph_lite.refine import REFINE_DEFAULTS
+
+    script = _training_script("choose_refinement")
+    if not pretrained_path("brain3d").is_file():
+        pytest.skip("brain3d is not shipped in this checkout")
+    model = sm.load_pretrained("brain3d", device="cpu")
+    shipped_lr = model.metadata.get("refine_lr")
+    sets = script.file_sets(model.metadata["train_config"], 1)
+    assert list(sets) == list(script.FILE_SETS["brain3d"])
+    assert all(tuple(pairs[0]["fixed"].shape[1:]) == (80, 96, 80) for pairs in sets.values())  # 2 mm, not the frame
+    one = {"validation files": sets["validation files"]}
+    net, big = script.score_files(model, [(None, None, 0), (0.5, 1, 3)], one)
+    assert model.metadata.get("refine_lr") == shipped_lr  # the tried lr was put back
+    assert REFINE_DEFAULTS["lr"] != 0.5
+    d_net, d_big = net["validation files"]["per_pair"][0]["dice"], big["validation files"]["per_pair"][0]["dice"]
+    assert 0.3 < d_net < 1 and d_big != d_net  # the setting reached register's refinement
+    with pytest.raises(SystemExit, match="--files"):
+        script.file_sets({"dataset": "brain2d-subjects"}, 1)
+
+
 def test_ship_tests_a_3d_model_on_the_affine_it_was_trained_for_and_says_so():
     ship = _training_script("ship_pretrained")
     options = {"num_pairs": 32, "voxel_mm": 4, "residual_affine": 0.33, "contrast": "t1", "seed": 3}

@@ -68,8 +68,9 @@ nbval_both() {
 }
 
 run budget budget_spent
-run choose python training/choose_refinement.py --checkpoint training/brain3d_searchmorph/checkpoint.pt \
-  --pairs 4 --levels 3 --out training/refinement_brain3d.json
+# the refinement is chosen where register uses it: validation pairs as NIfTI files at 2 mm, scored on the fixed grid
+run choose python training/choose_refinement.py --checkpoint training/brain3d_searchmorph/checkpoint.pt --files \
+  --pairs 3 --lrs 1 0.5 0.25 --levels 1 2 --steps 50 100 --threads 2 --out training/refinement_brain3d.json
 run ship bash -c "python training/ship_pretrained.py --run training/brain3d_searchmorph --name brain3d \
   --hardware '$HARDWARE' --refinement training/refinement_brain3d.json && python training/ship_pretrained.py \
   --run training/brain3d_voxelmorph --name brain3d-voxelmorph --hardware '$HARDWARE'"

@@ -213,6 +213,7 @@ def refinement_metadata(table: dict) -> dict:
             "folding": choice["folding"],
             "settings_tried": len(table["settings"]),
             "command": table["command"],
+            "files": bool(table.get("files", False)),
         },
     }
 
@@ -327,14 +328,25 @@ def model_card_text(checkpoints: dict[str, dict] | None = None) -> str:
                 [
                     f"- Recommended test-time refinement: {md['refine_steps']} steps"
                     + (f" of {md['refine_lr']:g} px" if md.get("refine_lr") else "")
-                    + (f" on {md['refine_levels']} pyramid levels" if md.get("refine_levels") else "")
+                    + (
+                        f" on {md['refine_levels']} pyramid level{'s' if md['refine_levels'] != 1 else ''}"
+                        if md.get("refine_levels")
+                        else ""
+                    )
                     + f' (`register(..., refine_steps="auto")`, `--refine auto`); test Dice with it '
                     f"{_fmt(md.get('test_dice_refined'))}, % folding {_fmt(md.get('test_folding_refined'))}."
                 ]
                 + (
                     [
                         f"- How the refinement was chosen: {md['refine_choice']['settings_tried']} settings of lr, "
-                        f"levels and steps scored on validation sets ({_sets(md['refine_choice']['sets'])}); the "
+                        f"levels and steps scored on validation sets ({_sets(md['refine_choice']['sets'])}"
+                        + (
+                            "; each pair written as NIfTI files, registered by `register_images` and scored on the "
+                            "fixed image's 2 mm grid"
+                            if md["refine_choice"].get("files")
+                            else ""
+                        )
+                        + "); the "
                         f"choice has the highest mean Dice over the sets ({_fmt(md['refine_choice']['dice'])}, the "
                         f"network alone {_fmt(md['refine_choice']['network_dice'])}) with mean folding "
                         f"{_fmt(md['refine_choice']['folding'])} %: `{md['refine_choice']['command']}`."
