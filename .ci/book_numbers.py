@@ -481,8 +481,10 @@ def benchmarks_volumes(r: Results) -> str:
 
     refined = volumes_refined(v)
     steps = v["refine"][SM3D]
-    levels = steps["settings"]["levels"]
-    how = f"{steps['steps']} steps of {steps['settings']['lr']:g} px on {levels} level{'s' if levels != 1 else ''}"
+    settings = steps["settings"]
+    how = refinement_words(
+        {"refine_steps": steps["steps"], "refine_lr": settings["lr"], "refine_levels": settings["levels"]}
+    )
     budgets = ", ".join(f"`{n}` {budget(r.metadata[n])[0]:,.0f} {budget(r.metadata[n])[1]}" for n in (SM3D, VM3D))
     lines = [
         f"Measured by {VOLUMES_RUN} ({v['threads']} thread(s) for torch and ITK, {v['machine']}; training budgets: "

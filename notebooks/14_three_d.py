@@ -61,7 +61,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import ants
@@ -86,7 +85,7 @@ from searchmorph_lite.data import load_dataset
 from searchmorph_lite.inference import refine_settings
 from searchmorph_lite.pipeline import frame_of
 from searchmorph_lite.provenance import card_of, describe
-from searchmorph_lite.scoring import score_flow
+from searchmorph_lite.scoring import input_use
 
 # %% tags=["parameters"]
 seed = 0
@@ -914,28 +913,9 @@ options = dict(model.metadata["train_config"]["dataset_options"])
 options.pop("num_pairs", None)
 val_set = load_dataset("brain3d", "val", num_pairs=search_pairs, **options)
 
-
-def mean_dice(part: str | None) -> float:
-    """Mean label Dice of the model on val_set, with ``part`` zeroed (None: none)."""
-    scores = []
-    for i in range(len(val_set)):
-        item = val_set[i]
-        m, f = item["moving"][None].to(device), item["fixed"][None].to(device)
-        zeroed = sm.zeroed_input(model, part) if part else nullcontext()
-        with torch.no_grad(), zeroed:
-            flow = model(m, f).flow[0].cpu().double().numpy()
-        scores.append(score_flow(item, flow)["dice"])
-    return float(np.mean(scores))
-
-
-zero_field = np.zeros((3, *val_set[0]["fixed"].shape[1:]))
-identity = [score_flow(val_set[i], zero_field)["dice"] for i in range(len(val_set))]
-use = {
-    "as trained": mean_dice(None),
-    "search zeroed": mean_dice("search"),
-    "context zeroed": mean_dice("context"),
-    "identity (no field)": float(np.mean(identity)),
-}
+# the model as trained, then with each input zeroed, on the same pairs
+rows = input_use(model, [val_set[i] for i in range(len(val_set))])
+use = {name: row["dice"] for name, row in rows.items()}
 pd.Series(use, name=f"mean Dice, {len(val_set)} validation pairs").to_frame().round(3)
 
 # %% [markdown]

@@ -263,3 +263,31 @@ def ants_method(transform: str = "SyN", seed: int = 1) -> Method:
 def identity_method(m: np.ndarray, f: np.ndarray) -> np.ndarray:
     """The zero field (ndim, *S)."""
     return np.zeros((m.ndim, *m.shape), dtype=np.float32)
+
+
+def input_use(model, pairs: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """How much a trained SearchMorph relies on each input of its ConvGRU, on dataset ``pairs``: {"as trained",
+    "search zeroed", "context zeroed": {"dice": mean label Dice, "field_change": mean |field - full field| / |full
+    field|}, "identity (no field)": {"dice", "field_change": 1}}; the inputs zeroed by
+    :func:`~searchmorph_lite.model.zeroed_input` at test time (``training/search_use.py``, chapter 14)."""
+    from contextlib import nullcontext
+
+    from .model import zeroed_input
+
+    device = next(model.parameters()).device
+    out: dict[str, dict[str, float]] = {}
+    full_flows = []
+    for name, part in (("as trained", None), ("search zeroed", "search"), ("context zeroed", "context")):
+        dices, changes = [], []
+        for i, item in enumerate(pairs):
+            moving, fixed = item["moving"][None].to(device), item["fixed"][None].to(device)
+            with torch.no_grad(), zeroed_input(model, part) if part else nullcontext():
+                flow = model(moving, fixed).flow.cpu()
+            if part is None:
+                full_flows.append(flow)
+            changes.append(float((flow - full_flows[i]).norm() / full_flows[i].norm().clamp(min=1e-12)))
+            dices.append(score_flow(item, flow[0].double().numpy())["dice"])
+        out[name] = {"dice": float(np.mean(dices)), "field_change": float(np.mean(changes))}
+    identity = [score_flow(item, np.zeros((model.ndim, *item["fixed"].shape[1:])))["dice"] for item in pairs]
+    out["identity (no field)"] = {"dice": float(np.mean(identity)), "field_change": 1.0}
+    return out

@@ -124,3 +124,25 @@ def test_evaluate_and_score_flow_score_each_pair_on_the_same_labels():
         alone = score_flow(pair, np.zeros((2, 16, 16)))
         assert scored_labels(pair["fixed_labels"]) == [1, 2 if pair is pairs[0] else 3]
         assert abs(np.nanmean(row) - alone["dice"]) < 1e-6
+
+
+def test_input_use_scores_the_model_with_each_gru_input_zeroed_on_the_same_pairs():
+    import searchmorph_lite as sm
+    from searchmorph_lite.scoring import input_use
+
+    torch.manual_seed(0)
+    model = sm.SearchMorph(sm.SearchMorphConfig(iterations=2)).eval()
+    pairs = [_pair(3.0), _pair(5.0)]
+    use = input_use(model, pairs)
+    assert list(use) == ["as trained", "search zeroed", "context zeroed", "identity (no field)"]
+    assert use["as trained"]["field_change"] == 0.0
+    for name, part in (("search zeroed", "search"), ("context zeroed", "context")):  # one loop, written out
+        flows = []
+        for pair in pairs:
+            with torch.no_grad(), sm.zeroed_input(model, part):
+                flows.append(model(pair["moving"][None], pair["fixed"][None]).flow)
+        dices = [score_flow(p, f[0].double().numpy())["dice"] for p, f in zip(pairs, flows)]
+        assert use[name]["dice"] == pytest.approx(np.mean(dices))
+        assert use[name]["field_change"] > 0
+    zero = [dice_naive(p["moving_labels"][0], p["fixed_labels"][0], 1) for p in pairs]
+    assert use["identity (no field)"]["dice"] == pytest.approx(np.mean(zero), abs=1e-6)

@@ -3,9 +3,9 @@
 The diagnosis of the first SearchMorph-3D run (training/BRAIN3D_STATUS.md) found a GRU that no longer listened to the
 search map. This script asks the question of any checkpoint, on the validation pairs of its own training data: it
 registers each pair three times, with the model as trained, with every search map replaced by zeros (the GRU then sees
-only its context and the field), and with the context replaced by zeros (``sm.zeroed_input``), and reports the mean
-label Dice of each and how far each ablated field lies from the full one. A model that uses its search loses Dice
-without it.
+only its context and the field), and with the context replaced by zeros (``sm.zeroed_input``, through
+``searchmorph_lite.scoring.input_use``), and reports the mean label Dice of each and how far each ablated field lies
+from the full one. A model that uses its search loses Dice without it.
 
 ``python training/search_use.py --checkpoint training/brain3d_searchmorph/checkpoint.pt --pairs 8``
 """
@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# the library's names (searchmorph_lite.scoring.input_use) -> this script's
+NAMES = {"as trained": "full", "search zeroed": "no search", "context zeroed": "no context",
+         "identity (no field)": "identity"}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     import searchmorph_lite as sm
     from searchmorph_lite.data import load_dataset
-    from searchmorph_lite.scoring import score_flow
+    from searchmorph_lite.scoring import input_use
     from searchmorph_lite.train import validation_options
 
     model = sm.load_checkpoint(args.checkpoint, device="cpu").eval()
@@ -46,27 +48,12 @@ def main(argv: list[str] | None = None) -> dict:
               f"{model.metadata.get('budget_clock', 'CPU seconds')} of training")  # fmt: skip
     options = validation_options(tc.get("dataset_options", {}), tc.get("val_options", {}))
     data = load_dataset(tc["dataset"], "val", **{**options, "num_pairs": args.pairs})
-    out: dict[str, dict] = {}
-    full_flows = []
-    for part in ("full", "search", "context"):
-        dices, changes = [], []
-        for i in range(min(args.pairs, len(data))):
-            item = data[i]
-            with torch.no_grad(), sm.zeroed_input(model, part) if part != "full" else nullcontext():
-                result = model(item["moving"][None], item["fixed"][None])
-            flow = result.flow
-            if part == "full":
-                full_flows.append(flow)
-            ref = full_flows[i]
-            changes.append(float((flow - ref).norm() / ref.norm().clamp(min=1e-12)))
-            dices.append(score_flow(item, flow[0].double().numpy())["dice"])
-        name = {"full": "full", "search": "no search", "context": "no context"}[part]
-        out[name] = {"dice": float(np.mean(dices)), "field_change": float(np.mean(changes))}
+    pairs = [data[i] for i in range(min(args.pairs, len(data)))]
+    use = input_use(model, pairs)
+    out = {NAMES[k]: v for k, v in use.items()}
+    for name in ("full", "no search", "no context"):
         print(f"{name}: mean Dice {out[name]['dice']:.3f}, |field - full field| / |full field| "
-              f"{out[name]['field_change']:.3f} ({len(dices)} validation pairs)", flush=True)  # fmt: skip
-    identity = [score_flow(data[i], np.zeros((model.ndim, *data[i]["fixed"].shape[1:])))["dice"]
-                for i in range(len(full_flows))]  # fmt: skip
-    out["identity"] = {"dice": float(np.mean(identity)), "field_change": 1.0}
+              f"{out[name]['field_change']:.3f} ({len(pairs)} validation pairs)", flush=True)  # fmt: skip
     print(f"identity: mean Dice {out['identity']['dice']:.3f} (no registration)")
     return out
 
